@@ -1,0 +1,1 @@
+"""Agent: call session, VAD, speech-to-text, dialogue, text-to-speech."""

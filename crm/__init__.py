@@ -1,0 +1,1 @@
+"""CRM: SQLAlchemy models, database access, migrations runner and the demo business seed."""

@@ -1,0 +1,1 @@
+"""Background workers (Celery in production, in-process in the embedded default)."""
