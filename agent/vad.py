@@ -1,0 +1,99 @@
+"""Speech endpointing over the caller's 8 kHz audio, one 20 ms frame at a time.
+
+Sans-IO like the protocol code: frames go in, events come out, and time is the stream position
+(frames seen x frame length), never the wall clock, so tests replay audio faster than real time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import webrtcvad
+
+__all__ = ["Endpointer", "SpeechEnded", "SpeechStarted"]
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    at_ms: int  # stream time of the first voiced frame of the run that confirmed speech
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechEnded:
+    at_ms: int  # stream time at the end of the last voiced frame
+
+
+class Endpointer:
+    """Turns per-frame voice decisions from webrtcvad into speech start / end events.
+
+    Speech starts after ``start_frames`` consecutive voiced frames, so a click or a breath is not a
+    turn; it ends once ``hangover_ms`` of unvoiced audio follows the last voiced frame. The hangover is
+    the knob the call session turns: short after a complete-sounding answer ("yes"), long while the
+    caller is mid-sentence ("on Saturday at ten ... in the morning").
+    """
+
+    def __init__(
+        self,
+        *,
+        aggressiveness: int = 2,
+        start_frames: int = 3,
+        hangover_ms: int = 400,
+        frame_ms: int = 20,
+        sample_rate: int = 8000,
+    ) -> None:
+        if frame_ms not in (10, 20, 30):
+            raise ValueError(f"webrtcvad accepts 10, 20 or 30 ms frames, not {frame_ms}")
+        if sample_rate not in (8000, 16000, 32000, 48000):
+            raise ValueError(f"webrtcvad does not support {sample_rate} Hz")
+        if start_frames < 1:
+            raise ValueError("start_frames must be at least 1")
+        self._vad = webrtcvad.Vad(aggressiveness)
+        self._frame_ms = frame_ms
+        self._sample_rate = sample_rate
+        self._frame_bytes = sample_rate * frame_ms // 1000 * 2
+        self._start_frames = start_frames
+        self._hangover_ms = 0
+        self.set_hangover(hangover_ms)
+        self._frames_seen = 0
+        self._in_speech = False
+        self._voiced_run = 0  # consecutive voiced frames while waiting for speech to start
+        self._last_voiced_end_ms = 0
+
+    @property
+    def in_speech(self) -> bool:
+        return self._in_speech
+
+    @property
+    def frame_bytes(self) -> int:
+        return self._frame_bytes
+
+    def set_hangover(self, ms: int) -> None:
+        """Change the silence needed to end speech; applies to the silence already counted too."""
+        if ms < self._frame_ms:
+            raise ValueError(f"hangover must be at least one frame ({self._frame_ms} ms), got {ms}")
+        self._hangover_ms = ms
+
+    def process(self, frame: bytes) -> SpeechStarted | SpeechEnded | None:
+        if len(frame) != self._frame_bytes:
+            raise ValueError(f"expected a {self._frame_bytes}-byte frame of PCM16, got {len(frame)} bytes")
+        frame_start_ms = self._frames_seen * self._frame_ms
+        self._frames_seen += 1
+        frame_end_ms = frame_start_ms + self._frame_ms
+        voiced = self._vad.is_speech(frame, self._sample_rate)
+
+        if not self._in_speech:
+            self._voiced_run = self._voiced_run + 1 if voiced else 0
+            if self._voiced_run >= self._start_frames:
+                self._in_speech = True
+                self._voiced_run = 0
+                self._last_voiced_end_ms = frame_end_ms
+                return SpeechStarted(at_ms=frame_end_ms - self._start_frames * self._frame_ms)
+            return None
+
+        if voiced:
+            self._last_voiced_end_ms = frame_end_ms
+            return None
+        if frame_end_ms - self._last_voiced_end_ms >= self._hangover_ms:
+            self._in_speech = False
+            return SpeechEnded(at_ms=self._last_voiced_end_ms)
+        return None

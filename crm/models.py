@@ -1,0 +1,257 @@
+"""The CRM schema as typed SQLAlchemy 2 models.
+
+A database holds one business: its hours, services, customers, bookings, orders, stock and knowledge
+articles, plus the call log (calls, turns, tool invocations) and an audit trail.
+
+Two kinds of time live here and are kept apart on purpose:
+- appointment times (`Booking.start`/`end`, `Closure.date`, opening hours) are naive and business-local,
+  because "Tuesday at nine" means nine on the shop's wall clock, whatever the server's zone is;
+- event timestamps (`created_at`, call start/end...) are instants, stored as naive UTC by `UtcDateTime`
+  and handed back timezone-aware, so SQLite and PostgreSQL return the same thing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+from sqlalchemy import (
+    CheckConstraint,
+    Date,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    Time,
+    TypeDecorator,
+    true,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Deterministic constraint names: SQLite batch migrations recreate tables and need to find constraints
+# by name, and the same names on both databases keep later revisions portable.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+BOOKING_STATUSES = ("held", "confirmed", "cancelled", "needs_review")
+SPEAKERS = ("caller", "agent")
+HANGUP_PARTIES = ("caller", "agent")
+TRANSPORTS = ("sip", "twilio")
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """An instant stored as naive UTC; refuses naive input, which would be ambiguous."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("UtcDateTime needs a timezone-aware datetime")
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC)
+
+
+def _one_of(column: str, values: tuple[str, ...]) -> str:
+    quoted = ", ".join(f"'{value}'" for value in values)
+    return f"{column} IN ({quoted})"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Business(Base):
+    __tablename__ = "businesses"
+    __table_args__ = (CheckConstraint("bay_count >= 1", name="bay_count_positive"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    address: Mapped[str] = mapped_column(String(300))
+    phone: Mapped[str] = mapped_column(String(32))
+    timezone: Mapped[str] = mapped_column(String(64))  # IANA name, e.g. "America/New_York"
+    bay_count: Mapped[int] = mapped_column(Integer)
+
+
+class OpeningHours(Base):
+    """One open interval on a weekday; a weekday without rows is closed. Several rows allow split shifts."""
+
+    __tablename__ = "opening_hours"
+    __table_args__ = (
+        CheckConstraint("weekday BETWEEN 0 AND 6", name="weekday_range"),
+        CheckConstraint("opens < closes", name="opens_before_closes"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    weekday: Mapped[int] = mapped_column(Integer)  # 0 = Monday .. 6 = Sunday
+    opens: Mapped[dt.time] = mapped_column(Time)
+    closes: Mapped[dt.time] = mapped_column(Time)
+
+
+class Closure(Base):
+    """A day the shop is shut despite its weekly hours (public holiday, stock-take...)."""
+
+    __tablename__ = "closures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    date: Mapped[dt.date] = mapped_column(Date, unique=True)
+    reason: Mapped[str] = mapped_column(String(200), default="", server_default="")
+
+
+class Service(Base):
+    __tablename__ = "services"
+    __table_args__ = (CheckConstraint("duration_min > 0", name="duration_positive"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)  # spoken, lower case: "oil change"
+    duration_min: Mapped[int] = mapped_column(Integer)
+    price: Mapped[Decimal] = mapped_column(Numeric(10, 2))
+    active: Mapped[bool] = mapped_column(default=True, server_default=true())
+
+
+class Customer(Base):
+    __tablename__ = "customers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    phone: Mapped[str] = mapped_column(String(32), unique=True)  # E.164
+    name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str | None] = mapped_column(String(254))
+    notes: Mapped[str] = mapped_column(Text, default="", server_default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utc_now)
+
+
+class Booking(Base):
+    __tablename__ = "bookings"
+    __table_args__ = (
+        CheckConstraint(_one_of("status", BOOKING_STATUSES), name="status_known"),
+        CheckConstraint("start < \"end\"", name="start_before_end"),
+        Index("ix_bookings_start", "start"),
+        Index("ix_bookings_customer_id", "customer_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
+    service_id: Mapped[int] = mapped_column(ForeignKey("services.id"))
+    start: Mapped[dt.datetime] = mapped_column(DateTime)  # business-local, naive
+    end: Mapped[dt.datetime] = mapped_column(DateTime)
+    status: Mapped[str] = mapped_column(String(16))
+    # Not a foreign key: the call log has its own retention, and a booking made by the agent outlives it.
+    source_call_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utc_now)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utc_now, onupdate=utc_now)
+
+
+class Order(Base):
+    __tablename__ = "orders"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    number: Mapped[str] = mapped_column(String(32), unique=True)  # "A1042": one letter and digits
+    customer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id"))
+    description: Mapped[str] = mapped_column(String(300))
+    status: Mapped[str] = mapped_column(String(100))  # spoken as is: "ready for pickup"
+
+
+class InventoryItem(Base):
+    __tablename__ = "inventory_items"
+    __table_args__ = (CheckConstraint("quantity >= 0", name="quantity_not_negative"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sku: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    aliases: Mapped[str] = mapped_column(Text, default="", server_default="")  # comma separated spoken names
+    quantity: Mapped[int] = mapped_column(Integer)
+    price: Mapped[Decimal] = mapped_column(Numeric(10, 2))
+
+    @property
+    def alias_list(self) -> list[str]:
+        return [alias.strip() for alias in self.aliases.split(",") if alias.strip()]
+
+
+class KnowledgeArticle(Base):
+    __tablename__ = "knowledge_articles"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    slug: Mapped[str] = mapped_column(String(100), unique=True)
+    title: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str] = mapped_column(Text)
+
+
+class Call(Base):
+    __tablename__ = "calls"
+    __table_args__ = (
+        CheckConstraint(_one_of("transport", TRANSPORTS), name="transport_known"),
+        CheckConstraint(f"hangup_by IS NULL OR {_one_of('hangup_by', HANGUP_PARTIES)}", name="hangup_by_known"),
+    )
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # SIP Call-ID (or Twilio CallSid)
+    from_number: Mapped[str] = mapped_column(String(255))
+    to_uri: Mapped[str] = mapped_column(String(255))
+    customer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id"))
+    started_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utc_now)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    hangup_by: Mapped[str | None] = mapped_column(String(16))
+    transport: Mapped[str] = mapped_column(String(16), default="sip", server_default="sip")
+
+
+class Turn(Base):
+    __tablename__ = "turns"
+    __table_args__ = (
+        CheckConstraint(_one_of("speaker", SPEAKERS), name="speaker_known"),
+        Index("ix_turns_call_id_index", "call_id", "index", unique=True),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"))
+    index: Mapped[int] = mapped_column(Integer)  # 0-based position in the call
+    speaker: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    stt_ms: Mapped[float | None] = mapped_column()
+    e2e_ms: Mapped[float | None] = mapped_column()
+    intent: Mapped[str | None] = mapped_column(String(64))
+
+
+class ToolInvocation(Base):
+    __tablename__ = "tool_invocations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # Not a foreign key: the toolbox records invocations before the call row may have been written.
+    call_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    tool: Mapped[str] = mapped_column(String(64))
+    arguments: Mapped[str] = mapped_column(Text)  # JSON
+    result: Mapped[str | None] = mapped_column(Text)  # JSON, absent when the tool failed
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[float] = mapped_column()
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utc_now)
+
+
+class AuditLog(Base):
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    actor: Mapped[str] = mapped_column(String(255))  # "agent", "agent:<call id>", "seed", a staff login
+    action: Mapped[str] = mapped_column(String(64))  # "booking.create", "booking.cancel"...
+    entity: Mapped[str] = mapped_column(String(64))
+    entity_id: Mapped[str] = mapped_column(String(255))
+    detail: Mapped[str] = mapped_column(Text, default="", server_default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utc_now)

@@ -1,0 +1,170 @@
+"""`switchboard serve`: one asyncio process with the HTTP API (FastAPI under uvicorn) and the SIP/RTP agent."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, HTTPException
+
+from agent.dialogue import DialoguePolicy
+from agent.session import CallSession, SessionTimings
+from agent.stt import SpeechModel
+from agent.tts import EspeakSynthesizer
+from crm.calls import CallLog
+from crm.db import create_engine_for, session_factory
+from crm.migrate import upgrade_to_head
+from crm.seed import seed_demo_business
+from crm.vocabulary import load_vocabulary
+from switchboard.config import Settings
+from telephony.media import MediaClock, RtpPortPool
+from telephony.sip.ua import SipCall, UserAgent
+from tools.toolbox import DatabaseToolBox
+
+log = logging.getLogger(__name__)
+
+
+class Switchboard:
+    """Everything the embedded default runs, wired together."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        # Recognition, synthesis and database work run here; sized for the cores we have.
+        self.executor = ThreadPoolExecutor(max_workers=max(4, 2 * (os.cpu_count() or 2)), thread_name_prefix="work")
+        self.clock = MediaClock()
+        self.ua = UserAgent(
+            advertised_host=settings.advertised_host,
+            port_pool=RtpPortPool(settings.rtp_port_min, settings.rtp_port_max),
+            clock=self.clock,
+            on_call=self.handle_call,
+            max_calls=settings.max_calls,
+        )
+        self.app = self._make_app()
+        self.sessions: dict[str, CallSession] = {}
+
+    def prepare(self) -> None:
+        """Blocking start-up work: migrations, demo seed, speech model (run before the loop serves calls)."""
+        settings = self.settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        url = settings.resolved_database_url
+        upgrade_to_head(url)
+        self.engine = create_engine_for(url)
+        self.db = session_factory(self.engine)
+        with self.db.begin() as session:
+            if seed_demo_business(session, dt.date.today()):
+                log.info("seeded the demo business into an empty database")
+        with self.db() as session:
+            vocabulary = load_vocabulary(session)
+        self.speech_model = SpeechModel.build(vocabulary, settings.data_dir / "speech")
+        self.synthesizer = EspeakSynthesizer(voice=settings.tts_voice, rate_wpm=settings.tts_rate_wpm)
+        self.toolbox = DatabaseToolBox(self.db)
+        self.call_log = CallLog(self.db)
+
+    def _make_app(self) -> FastAPI:
+        app = FastAPI(title="Switchboard", version="0.1.0")
+
+        @app.get("/healthz")
+        async def healthz() -> dict[str, Any]:
+            return {
+                "status": "ok",
+                "active_calls": len(self.ua.calls),
+                "sip": {"host": self.settings.sip_host, "port": self.ua.port},
+            }
+
+        @app.get("/api/calls/{call_id}")
+        async def call_transcript(call_id: str) -> dict[str, Any]:
+            loop = asyncio.get_running_loop()
+            transcript = await loop.run_in_executor(self.executor, self.call_log.transcript, call_id)
+            if transcript is None:
+                raise HTTPException(status_code=404, detail=f"no call with id {call_id!r}")
+            return transcript
+
+        return app
+
+    async def handle_call(self, call: SipCall) -> None:
+        loop = asyncio.get_running_loop()
+        number = call.remote_number or "anonymous"
+        customer = await loop.run_in_executor(self.executor, self.toolbox.lookup_customer, number)
+        await loop.run_in_executor(
+            self.executor,
+            lambda: self.call_log.start_call(
+                call.call_id,
+                from_number=number,
+                to_uri=call.local_uri,
+                customer_id=customer.id if customer else None,
+                transport="sip",
+            ),
+        )
+        policy = DialoguePolicy(self.toolbox, caller_phone=number, call_id=call.call_id, now=dt.datetime.now)
+        session = CallSession(
+            call_id=call.call_id,
+            transport=call,
+            policy=policy,
+            speech_model=self.speech_model,
+            synthesizer=self.synthesizer,
+            transcript=self.call_log,
+            executor=self.executor,
+            timings=SessionTimings(
+                endpoint_hangover_ms=self.settings.endpoint_hangover_ms,
+                reprompt_after_s=self.settings.reprompt_after_s,
+            ),
+        )
+        call.audio_sink = session.on_audio
+        call.dtmf_sink = session.on_dtmf
+        self.sessions[call.call_id] = session
+        run = asyncio.create_task(session.run())
+        hung_up = asyncio.create_task(call.ended.wait())
+        try:
+            await asyncio.wait({run, hung_up}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            run.cancel()
+            hung_up.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await run
+            self.sessions.pop(call.call_id, None)
+            if call.state != "terminated":
+                await call.hangup()
+            await loop.run_in_executor(self.executor, self.call_log.end_call, call.call_id, call.hangup_by)
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.executor, self.prepare)
+        await self.ua.start(self.settings.sip_host, self.settings.sip_port)
+        log.info(
+            "SIP on udp:%s:%d, HTTP on http://%s:%d, database %s",
+            self.settings.sip_host,
+            self.ua.port,
+            self.settings.http_host,
+            self.settings.http_port,
+            self.engine.url.render_as_string(hide_password=True),
+        )
+        config = uvicorn.Config(
+            self.app,
+            host=self.settings.http_host,
+            port=self.settings.http_port,
+            log_level=self.settings.log_level.lower(),
+            lifespan="off",
+        )
+        server = uvicorn.Server(config)
+        try:
+            await server.serve()
+        finally:
+            await self.ua.close()
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.engine.dispose()
+
+
+def run_server(settings: Settings) -> None:
+    board = Switchboard(settings)
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional (e.g. Windows)
+        asyncio.run(board.serve())
+    else:
+        uvloop.run(board.serve())

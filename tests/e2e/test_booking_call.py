@@ -1,0 +1,74 @@
+"""A caller phones the running server over real SIP/RTP and books an oil change."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+
+import sqlalchemy as sa
+
+from tests.e2e.conftest import RunningServer, switchboard_command
+
+WEEKDAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+
+
+def booking_day(today: dt.date) -> tuple[str, dt.date]:
+    """Tomorrow if the garage is open at 10 AM then (Mon-Sat), else the following Monday."""
+    day = today + dt.timedelta(days=1)
+    if day.weekday() < 6:
+        return "tomorrow", day
+    day += dt.timedelta(days=1)
+    return f"on {WEEKDAYS[day.weekday()]}", day
+
+
+def test_marcus_books_an_oil_change(server: RunningServer) -> None:
+    spoken_day, day = booking_day(dt.date.today())
+    completed = subprocess.run(
+        [
+            *switchboard_command(),
+            "call",
+            server.sip_uri,
+            "--from",
+            "+15550100002",
+            "--say",
+            "I'd like to book an oil change",
+            "--say",
+            f"{spoken_day} at ten in the morning",
+            "--say",
+            "yes",
+            "--api",
+            server.api,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr + server.log()
+    result = json.loads(completed.stdout)
+    assert [turn["caller"] for turn in result["turns"]] == [
+        "I'd like to book an oil change",
+        f"{spoken_day} at ten in the morning",
+        "yes",
+    ]
+    for turn in result["turns"]:
+        assert turn["latency_ms"] is not None, result
+        assert 0 < turn["latency_ms"] < 3000, result
+        assert turn["agent"], result
+    assert result["hangup"] in ("caller", "agent")
+
+    engine = sa.create_engine(server.database_url)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.text(
+                "SELECT b.start, b.status FROM bookings b "
+                "JOIN customers c ON c.id = b.customer_id JOIN services s ON s.id = b.service_id "
+                "WHERE c.phone = '+15550100002' AND s.name = 'oil change'"
+            )
+        ).all()
+    engine.dispose()
+    assert len(rows) == 1, (rows, result, server.log())
+    start, status = rows[0]
+    assert status == "confirmed"
+    assert dt.datetime.fromisoformat(str(start)) == dt.datetime.combine(day, dt.time(10, 0))
