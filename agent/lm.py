@@ -115,18 +115,29 @@ _GENERIC_RULES: Final[Mapping[str, str]] = {
 
 # (template, how many sentences to sample from it); weights approximate how often each is said.
 _TEMPLATES: Final[tuple[tuple[str, int], ...]] = (
-    ("[<opener>] [<hes>] <request> (book | schedule | get | make an appointment for) <a_service> [<when>] "
-     "[<closer>]", 900),
+    (
+        "[<opener>] [<hes>] <request> (book | schedule | get | make an appointment for) <a_service> [<when>] "
+        "[<closer>]",
+        900,
+    ),
     ("[<opener>] i need <a_service> [<when>] [<closer>]", 250),
     ("[<opener>] (book | schedule) me (in | in for | for) <a_service> [<when>] [<closer>]", 150),
-    ("[<opener>] <request> (get | have) (my | the) <item> (checked | looked at | done | changed | replaced "
-     "| fixed) [<when>] [<closer>]", 400),
+    (
+        "[<opener>] <request> (get | have) (my | the) <item> (checked | looked at | done | changed | replaced "
+        "| fixed) [<when>] [<closer>]",
+        400,
+    ),
     ("[<opener>] <request> (make | book) an appointment [for <a_service>] [<when>] [<closer>]", 250),
-    ("[<opener>] do you have (anything | any openings | any availability | a slot | time) [for <a_service>] "
-     "<when>", 200),
+    (
+        "[<opener>] do you have (anything | any openings | any availability | a slot | time) [for <a_service>] "
+        "<when>",
+        200,
+    ),
     ("[<opener>] [<hes>] <when> [<closer>]", 1100),
-    ("(how about | what about | can you do | is | could you do | does) <when> [work | (work | okay) for you]",
-     250),
+    (
+        "(how about | what about | can you do | is | could you do | does) <when> [work | (work | okay) for you]",
+        250,
+    ),
     ("[<opener>] (i'm | i am) (free | available) <when>", 100),
     ("<yes> [<closer>]", 450),
     ("<no> [<closer>]", 300),
@@ -134,19 +145,27 @@ _TEMPLATES: Final[tuple[tuple[str, int], ...]] = (
     ("[<opener>] do i have (an appointment | a booking) [<when>]", 80),
     ("[<opener>] <request> cancel my (appointment | booking) [<when>] [<closer>]", 200),
     ("[<opener>] cancel my (appointment | booking) [<closer>]", 100),
-    ("[<opener>] <request> (change | move | reschedule) my (appointment | booking) [to <when>] [<closer>]",
-     200),
+    (
+        "[<opener>] <request> (change | move | reschedule) my (appointment | booking) [to <when>] [<closer>]",
+        200,
+    ),
     ("[<opener>] do you have <product> in stock", 250),
     ("[<opener>] (do you | you) (have | sell | carry | stock) [any] <product> [in stock]", 250),
     ("[<opener>] (are | is) [the] <product> (in stock | available)", 120),
     ("[<opener>] (i'm looking for | i need | have you got | i want) [some | a | an | the] <product>", 150),
-    ("[<opener>] (how much | what) (is | are | does | do) [a | an | the | your] (<product> | <service>) "
-     "[cost]", 350),
+    (
+        "[<opener>] (how much | what) (is | are | does | do) [a | an | the | your] (<product> | <service>) "
+        "[cost]",
+        350,
+    ),
     ("[<opener>] what's the price (of | for) [a | an | the] (<product> | <service>)", 200),
     ("[<opener>] how much do you charge for [a | an | the] (<product> | <service>)", 120),
     ("[<opener>] what's the status of (my order | order <order> | my order <order>)", 250),
-    ("[<opener>] (i'm calling about | i'm checking on | can you check | could you check | i have a question "
-     "about) [my] order [number] <order>", 250),
+    (
+        "[<opener>] (i'm calling about | i'm checking on | can you check | could you check | i have a question "
+        "about) [my] order [number] <order>",
+        250,
+    ),
     ("[<opener>] (where is | has) my order [<order>] [arrived | shipped | come in]", 100),
     ("[<opener>] (my | the) order number is <order>", 200),
     ("[it's] [order] [number] <order>", 250),
@@ -168,6 +187,19 @@ _TEMPLATES: Final[tuple[tuple[str, int], ...]] = (
     ("(sorry | pardon) [what was that | can you repeat that | i didn't catch that]", 60),
     ("(can you repeat that | could you say that again | hold on | one moment | just a second) [please]", 60),
 )
+
+
+_MODIFIERS: Final = frozenset(
+    {"full", "front", "rear", "new", "basic", "premium", "standard", "quick", "annual"}
+)
+
+
+def _plural(noun: str) -> str:
+    if noun.endswith("s"):
+        return noun
+    if noun.endswith("y") and noun[-2:-1] not in ("a", "e", "o", "u"):
+        return noun[:-1] + "ies"
+    return noun + "s"
 
 
 def _article(phrase: str) -> str:
@@ -193,9 +225,10 @@ def _vocabulary_rules(vocab: DomainVocabulary) -> dict[str, str]:
     services = [spoken_form(s) for s in vocab.services]
     products = [spoken_form(p) for p in vocab.products]
     names = [spoken_form(n) for n in vocab.customer_names]
-    # What a caller asks to have "checked" or "changed": products and the head word of each service.
-    heads = {s.split()[0] for s in services if s}
-    items = [*products, *heads, *(h + "s" for h in heads if not h.endswith("s")), "car"]
+    # What a caller asks to have "checked" or "changed": products, and the head noun of each service
+    # in singular and plural ("brake inspection" -> "my brakes checked").
+    heads = {s.split()[0] for s in services if len(s.split()) > 1} - _MODIFIERS
+    items = [*products, *heads, *(_plural(h) for h in heads), "car"]
     prefixes = sorted({re.sub(r"[^a-z]", "", o.lower())[:1] for o in vocab.order_numbers} - {""})
     widths = sorted({len(re.findall(r"\d", o)) for o in vocab.order_numbers}) or [4]
     generic_orders = [
@@ -459,7 +492,10 @@ def arpabet_from_ipa(ipa: str) -> tuple[str, ...] | None:
     phones: list[str] = []
     position = 0
     while position < len(symbols):
-        two, one = _IPA_TO_ARPABET.get(symbols[position : position + 2]), _IPA_TO_ARPABET.get(symbols[position])
+        two, one = (
+            _IPA_TO_ARPABET.get(symbols[position : position + 2]),
+            _IPA_TO_ARPABET.get(symbols[position]),
+        )
         if two is not None:
             phones.extend(two)
             position += 2

@@ -71,6 +71,7 @@ def normalise(text: str) -> str:
     text = re.sub(r"\b([ap])\.\s?m\b\.?", r"\1m", text)  # "p.m." -> "pm"
     text = re.sub(r"(\d)(am|pm)\b", r"\1 \2", text)  # "10am" -> "10 am"
     text = re.sub(r"(\d)[:.](\d\d)\b", r"\1:\2", text)  # keep "10:30" and "10.30" as one token
+    text = re.sub(r"\b(\d{4})-(\d{1,2})-(\d{1,2})\b", r"\2/\3/\1", text)  # ISO dates to m/d/y
     text = text.replace("'", "")
     # Keep ':' and '/' between digits ("10:30", "11/24"); everything else that is not a word goes.
     text = re.sub(r"(?<!\d)[:/]|[:/](?!\d)", " ", text)
@@ -119,7 +120,7 @@ _PRODUCT_PATTERNS: tuple[tuple[str, str], ...] = (
 )
 
 _STOCK_WORDS = r"\bin stock\b|\bdo you (?:have|carry|sell|stock)\b|\bgot any\b|\bany left\b|\bstock\b"
-_PRICE_WORDS = r"\bhow much\b|\bprice\b|\bcost\w*\b|\bcharge\b|\bhow long\b|\bfee\b"
+PRICE_WORDS = r"\bhow much\b|\bprice\b|\bcost\w*\b|\bcharge\b|\bhow long\b|\bfee\b"
 
 
 def _first_match(patterns: tuple[tuple[str, str], ...], text: str) -> tuple[str, re.Match[str]] | None:
@@ -149,7 +150,11 @@ def parse_product(text: str) -> str | None:
         r" (?:any |some |the |a |an )?(.+?)(?: in stock| for| at| today| right now| cost\w*| left|$)",
         text,
     )
-    if m and not _has(r"\b(?:openings?|availability|appointments?|time|slots?|room|space)\b", m.group(1)):
+    not_a_part = (
+        r"\b(?:openings?|availability|appointments?|time|slots?|room|space|morning|afternoon|evening"
+        r"|today|tomorrow|monday|tuesday|wednesday|thursday|friday|saturday|sunday|anything|free)\b"
+    )
+    if m and not _has(not_a_part, m.group(1)) and m.group(1) not in ("it", "that", "this", "them", "one"):
         return m.group(1).strip() or None
     return None
 
@@ -290,8 +295,8 @@ _CHECK = (
 )
 _BOOK_VERBS = r"\b(?:book|schedule|make|set up|new|get)\b"
 _ORDER = (
-    r"(?<!in )\border\b|\bordered\b|\bstatus\b|\bwheres my\b|\bwhere is my\b|\bmy part\b"
-    r"|\b(?:arrived|come in|came in|ready for pick ?up)\b"
+    r"(?<!in )\border\b|\bordered\b|\bstatus\b|\bwheres my\b|\bwhere is my\b|\bmy parts?\b"
+    r"|\b(?:arrived|ready for pick ?up)\b|\b(?:part|parts|it|they) (?:come|came) in\b"
 )
 _HOURS = (
     r"\bhours\b|\bopen\b|\bopening\b(?! for)|\bclos(?:e|es|ing|ed)\b|\bwhat time do you\b|\bwhen do you\b"
@@ -302,12 +307,13 @@ _ADDRESS = (
 )
 _BOOK = (
     r"\b(?:book|booking|schedule|appointment|reserve|reservation|bring (?:my|the|it|her|him|in)"
-    r"|drop (?:off|my|it)|come in|get (?:it|my car|my truck) in|openings?|availability|available|slots?)\b"
+    r"|drop (?:off|my|it)|come in|get (?:it|my car|my truck) in|openings|(?:an|any) opening|availability"
+    r"|available|slots?|looked at|take a look|check (?:it|my car|the car) out|fit me in)\b"
 )
 _SERVICES_LIST = r"\bwhat (?:services|kind of services|do you (?:do|offer))\b|\bservices do you\b"
 _REPEAT = (
     r"\b(?:repeat|say (?:that|it) again|come again|pardon|what did you say|didnt (?:catch|hear|get) that)\b"
-    r"|^(?:what|sorry|huh)$"
+    r"|^(?:sorry )?(?:what|huh|pardon)$|^sorry$|\bwhat was that\b"
 )
 _THANKS = r"\b(?:thanks|thank you|cheers|appreciate it)\b"
 _GREETING = r"^(?:hi|hello|hey|good (?:morning|afternoon|evening))\b"
@@ -335,9 +341,9 @@ def classify_intent(text: str) -> Intent:
     product = parse_product(t)
     if _has(_STOCK_WORDS, t) and product is not None:
         return Intent.PART_AVAILABILITY
-    if _has(_SERVICES_LIST, t) or (service is not None and _has(_PRICE_WORDS, t)):
+    if _has(_SERVICES_LIST, t) or (service is not None and _has(PRICE_WORDS, t)):
         return Intent.SERVICE_INFO
-    if product is not None and service is None and _has(_PRICE_WORDS, t):
+    if product is not None and service is None and _has(PRICE_WORDS, t):
         return Intent.PART_AVAILABILITY
     if _has(_BOOK, t) or service is not None:
         return Intent.BOOK
@@ -399,12 +405,16 @@ def understand(
     norm = normalise(text)
     tokens = norm.split()
     date_match = parse_date_tokens(tokens, today)
+    if date_match and date_match.start > 0 and tokens[date_match.start - 1] == "not":
+        date_match = None  # "not today": the caller rules a day out, which says nothing to book
     taken = set(range(date_match.start, date_match.end)) if date_match else set()
     order_number = parse_order_number(norm)
     part_of_day = parse_part_of_day(norm)
     time = None if order_number else parse_time_tokens(tokens, taken, part_of_day, expect_time=expect_time)
     intent = classify_intent(norm)
-    name = parse_name(norm, expecting=expect_name and intent in (Intent.UNKNOWN, Intent.GREETING))
+    # "sure its jordan" is a name after "can I have your name", though "sure" alone would be a yes.
+    answer_like = intent in (Intent.UNKNOWN, Intent.GREETING, Intent.AFFIRM, Intent.DENY, Intent.THANKS)
+    name = parse_name(norm, expecting=expect_name and answer_like)
     service = parse_service(norm)
     if intent is Intent.UNKNOWN and (service or date_match or time or order_number or name):
         intent = Intent.INFORM

@@ -189,10 +189,6 @@ def _explicit_day(tokens: list[str], i: int, today: dt.date) -> DateMatch | None
 
 def parse_date_tokens(tokens: list[str], today: dt.date) -> DateMatch | None:
     for i, token in enumerate(tokens):
-        if m := re.fullmatch(r"(\d{4})-(\d{1,2})-(\d{1,2})", token):
-            date = _safe_date(int(m.group(1)), int(m.group(2)), int(m.group(3)))
-            if date:
-                return DateMatch(date, i, i + 1)
         if token in ("today", "tonight"):
             return DateMatch(today, i, i + 1)
         if token == "this" and i + 1 < len(tokens) and tokens[i + 1] in ("morning", "afternoon", "evening"):
@@ -305,6 +301,8 @@ def parse_time_tokens(
         elif rest[:2] == ["at", "night"] or rest[:1] == ["tonight"]:
             suffix.add("night")
         lead = tokens[i - 1] if i > 0 else ""
+        if token == "one" and not (explicit or suffix) and lead and lead not in _TIME_LEAD:
+            continue  # "the later one", "that one": a pronoun, not one o'clock
         if not (explicit or suffix or lead in _TIME_LEAD or expect_time):
             continue
         resolved = _resolve_hour(hour, suffix, part_of_day)
@@ -318,26 +316,26 @@ def parse_time_tokens(
 
 
 def spoken_date(day: dt.date) -> str:
-    """"Tuesday, November 24" (the year only matters to nobody on a call about the next few weeks)."""
+    """ "Tuesday, November 24" (the year only matters to nobody on a call about the next few weeks)."""
     return f"{day:%A}, {day:%B} {day.day}"
 
 
 def spoken_time(time: dt.time) -> str:
-    """"10 AM", "10:30 AM", "2 PM"; noon is "12 PM", which the synthesiser reads as callers say it."""
+    """ "10 AM", "10:30 AM", "2 PM"; noon is "12 PM", which the synthesiser reads as callers say it."""
     hour = time.hour % 12 or 12
     period = "AM" if time.hour < 12 else "PM"
     return f"{hour} {period}" if time.minute == 0 else f"{hour}:{time.minute:02d} {period}"
 
 
 def spoken_price(amount: Decimal) -> str:
-    """"$49" for whole dollars, "$18.99" otherwise."""
+    """ "$49" for whole dollars, "$18.99" otherwise."""
     if amount == amount.to_integral_value():
         return f"${int(amount)}"
     return f"${amount.quantize(Decimal('0.01'))}"
 
 
 def spoken_duration(minutes: int) -> str:
-    """"30 minutes", "an hour", "an hour and a half", "2 hours", "2 hours and 15 minutes"."""
+    """ "30 minutes", "an hour", "an hour and a half", "2 hours", "2 hours and 15 minutes"."""
     hours, rest = divmod(minutes, 60)
     if hours == 0:
         return f"{minutes} minutes"
@@ -348,17 +346,17 @@ def spoken_duration(minutes: int) -> str:
 
 
 def with_article(noun: str) -> str:
-    """"an oil change", "a tire rotation"."""
+    """ "an oil change", "a tire rotation"."""
     return ("an " if noun[:1].lower() in "aeiou" else "a ") + noun
 
 
 def spoken_list(items: list[str], conjunction: str = "or") -> str:
-    """"a, b or c" (no Oxford comma: the pause before "or" is the synthesiser's comma)."""
+    """ "a, b or c" (no Oxford comma: the pause before "or" is the synthesiser's comma)."""
     if len(items) <= 1:
         return "".join(items)
     return f"{', '.join(items[:-1])} {conjunction} {items[-1]}"
 
 
 def spoken_code(code: str) -> str:
-    """"A1042" -> "A 1 0 4 2", so it is read character by character and not as "one thousand..."."""
+    """ "A1042" -> "A 1 0 4 2", so it is read character by character and not as "one thousand..."."""
     return " ".join(code)

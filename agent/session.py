@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
+
 from agent.dialogue import AgentReply, DialoguePolicy
 from agent.stt import Recognizer, SpeechModel
 from agent.transcript import TranscriptSink, TurnRecord

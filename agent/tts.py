@@ -122,7 +122,9 @@ class _Engine:
         chunks: list[bytes] = []
         self._sink = chunks
         try:
-            status = self.lib.espeak_Synth(encoded, len(encoded), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+            status = self.lib.espeak_Synth(
+                encoded, len(encoded), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None
+            )
         finally:
             self._sink = None
         if status != _EE_OK:

@@ -24,6 +24,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 # Connection execution option read by the `begin` hook on SQLite; ignored by PostgreSQL.
 SQLITE_BEGIN_OPTION: Final = "switchboard_sqlite_begin"
+# Connection execution option: how long a SQLite BEGIN may wait for another writer, in milliseconds.
+SQLITE_BUSY_TIMEOUT_OPTION: Final = "switchboard_sqlite_busy_timeout_ms"
 IMMEDIATE: Final[dict[str, Any]] = {SQLITE_BEGIN_OPTION: "IMMEDIATE"}
 
 DEFAULT_SQLITE_BUSY_TIMEOUT_MS: Final = 5000
@@ -87,7 +89,11 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        mode = connection.get_execution_options().get(SQLITE_BEGIN_OPTION, "DEFERRED")
+        options = connection.get_execution_options()
+        mode = options.get(SQLITE_BEGIN_OPTION, "DEFERRED")
         if mode not in ("DEFERRED", "IMMEDIATE", "EXCLUSIVE"):
             raise ValueError(f"unknown SQLite BEGIN mode {mode!r}")
+        # Set on every BEGIN: the pooled connection would otherwise keep the previous caller's value.
+        busy_ms = int(options.get(SQLITE_BUSY_TIMEOUT_OPTION, DEFAULT_SQLITE_BUSY_TIMEOUT_MS))
+        connection.exec_driver_sql(f"PRAGMA busy_timeout={busy_ms}")
         connection.exec_driver_sql(f"BEGIN {mode}")

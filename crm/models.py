@@ -144,7 +144,7 @@ class Booking(Base):
     __tablename__ = "bookings"
     __table_args__ = (
         CheckConstraint(_one_of("status", BOOKING_STATUSES), name="status_known"),
-        CheckConstraint("start < \"end\"", name="start_before_end"),
+        CheckConstraint('start < "end"', name="start_before_end"),
         Index("ix_bookings_start", "start"),
         Index("ix_bookings_customer_id", "customer_id"),
     )
@@ -200,7 +200,9 @@ class Call(Base):
     __tablename__ = "calls"
     __table_args__ = (
         CheckConstraint(_one_of("transport", TRANSPORTS), name="transport_known"),
-        CheckConstraint(f"hangup_by IS NULL OR {_one_of('hangup_by', HANGUP_PARTIES)}", name="hangup_by_known"),
+        CheckConstraint(
+            f"hangup_by IS NULL OR {_one_of('hangup_by', HANGUP_PARTIES)}", name="hangup_by_known"
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(255), primary_key=True)  # SIP Call-ID (or Twilio CallSid)

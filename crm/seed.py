@@ -177,7 +177,11 @@ def seed_demo_business(session: Session, today: dt.date) -> bool:
     )
     session.add_all(
         InventoryItem(
-            sku=item.sku, name=item.name, aliases=", ".join(item.aliases), quantity=item.quantity, price=item.price
+            sku=item.sku,
+            name=item.name,
+            aliases=", ".join(item.aliases),
+            quantity=item.quantity,
+            price=item.price,
         )
         for item in INVENTORY
     )

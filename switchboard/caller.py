@@ -13,6 +13,7 @@ import bisect
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,7 +111,7 @@ async def _wait_agent_turn_end(call: SipCall, listener: _Listener, timeout: floa
 
 
 def _fetch_transcript(api: str, call_id: str) -> dict[str, Any] | None:
-    url = f"{api.rstrip('/')}/api/calls/{urllib.request.quote(call_id, safe='')}"
+    url = f"{api.rstrip('/')}/api/calls/{urllib.parse.quote(call_id, safe='')}"
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
             data: dict[str, Any] = json.load(response)
@@ -137,7 +138,9 @@ async def place_test_call(
     loop = asyncio.get_running_loop()
     synth = EspeakSynthesizer(variant=voice)
     audio = [await loop.run_in_executor(None, synth.synthesize_8k, line) for line in lines]
-    ua = UserAgent(advertised_host=local_host, port_pool=RtpPortPool(40000, 49999), clock=MediaClock(), user="caller")
+    ua = UserAgent(
+        advertised_host=local_host, port_pool=RtpPortPool(40000, 49999), clock=MediaClock(), user="caller"
+    )
     await ua.start(local_host, 0)
     listener = _Listener()
     try:

@@ -23,7 +23,7 @@ def _serve(args: argparse.Namespace) -> int:
         }.items()
         if value is not None
     }
-    settings = Settings(**overrides)  # type: ignore[arg-type]
+    settings = Settings.model_validate(overrides)
     _configure_logging(settings.log_level)
     from switchboard.server import run_server
 
@@ -49,7 +49,9 @@ def _call(args: argparse.Namespace) -> int:
         api = f"http://{host}:8080"
     try:
         result = asyncio.run(
-            place_test_call(args.target, from_number=args.from_number, lines=args.say, voice=args.voice, api=api)
+            place_test_call(
+                args.target, from_number=args.from_number, lines=args.say, voice=args.voice, api=api
+            )
         )
     except (CallFailed, ValueError, OSError) as exc:
         print(f"switchboard call: {exc}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""`switchboard serve`: one asyncio process with the HTTP API (FastAPI under uvicorn) and the SIP/RTP agent."""
+"""`switchboard serve`: one asyncio process serving the HTTP API (FastAPI, uvicorn) and the SIP/RTP agent."""
 
 from __future__ import annotations
 
@@ -36,7 +36,9 @@ class Switchboard:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         # Recognition, synthesis and database work run here; sized for the cores we have.
-        self.executor = ThreadPoolExecutor(max_workers=max(4, 2 * (os.cpu_count() or 2)), thread_name_prefix="work")
+        self.executor = ThreadPoolExecutor(
+            max_workers=max(4, 2 * (os.cpu_count() or 2)), thread_name_prefix="work"
+        )
         self.clock = MediaClock()
         self.ua = UserAgent(
             advertised_host=settings.advertised_host,

@@ -2,7 +2,7 @@
 
 One `MediaClock` per process ticks every 20 ms at absolute deadlines (`loop.call_at(t0 + k * ptime)`), so
 pacing error never accumulates, however long a tick's work takes; every active `RtpStream` sends exactly one
-packet per tick (speech from its playout queue, or silence so the far end's jitter buffer and any NAT stay fed).
+packet per tick (speech from its playout queue, or silence so the far end's jitter buffer and NAT stay fed).
 A single timer for all calls costs one wake-up per 20 ms instead of one per call.
 """
 
@@ -14,6 +14,7 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from telephony.codecs import G711Codec, codec_for
 from telephony.rtp import RtpError, RtpPacket, RtpSender, TelephoneEvent
@@ -119,8 +120,8 @@ class RtpStream(asyncio.DatagramProtocol):
 
     # --- asyncio.DatagramProtocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self._transport = transport
+        # uvloop's UDP transport does not subclass asyncio.DatagramTransport, but has its interface.
+        self._transport = cast(asyncio.DatagramTransport, transport)
         self._clock.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -129,7 +130,7 @@ class RtpStream(asyncio.DatagramProtocol):
         if self._drained is not None:
             self._drained.set()
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
             packet = RtpPacket.parse(data)
         except RtpError:
@@ -169,7 +170,7 @@ class RtpStream(asyncio.DatagramProtocol):
         # RFC 4733: one event = one RTP timestamp; the end packet is sent three times.
         if event.end and packet.timestamp != self._last_event_ts:
             self._last_event_ts = packet.timestamp
-            if self._on_dtmf is not None:
+            if self._on_dtmf is not None and event.digit:
                 self._on_dtmf(event.digit)
 
     # --- playout ------------------------------------------------------------------------------------

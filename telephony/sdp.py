@@ -10,10 +10,22 @@ import re
 from dataclasses import dataclass, field
 
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
-_ANSWER_DIRECTION = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}
+_ANSWER_DIRECTION = {
+    "sendrecv": "sendrecv",
+    "sendonly": "recvonly",
+    "recvonly": "sendonly",
+    "inactive": "inactive",
+}
 
 # RFC 3551 table 4: static payload types a peer may offer without an rtpmap line.
-STATIC_PAYLOAD_TYPES = {0: "PCMU/8000", 3: "GSM/8000", 4: "G723/8000", 8: "PCMA/8000", 9: "G722/8000", 18: "G729/8000"}
+STATIC_PAYLOAD_TYPES = {
+    0: "PCMU/8000",
+    3: "GSM/8000",
+    4: "G723/8000",
+    8: "PCMA/8000",
+    9: "G722/8000",
+    18: "G729/8000",
+}
 _G711_PAYLOAD_TYPES = {"PCMU": 0, "PCMA": 8}
 # Events 0-15 are the DTMF keys, 16 is hook flash (RFC 4733 section 3.2).
 TELEPHONE_EVENTS = "0-16"
@@ -26,7 +38,7 @@ class SdpError(Exception):
     """The session description is malformed (the peer's fault: answer 400)."""
 
 
-class NoCommonCodec(Exception):  # noqa: N818 - the name is the protocol outcome (488 Not Acceptable Here)
+class NoCommonCodec(Exception):
     """The offer or answer has no audio stream we can use."""
 
 
@@ -165,7 +177,7 @@ def _format_connection(address: str) -> str:
 
 
 def _parse_int(text: str, what: str, upper: int) -> int:
-    if not (text.isascii() and text.isdigit()) or int(text) > upper:
+    if not (text.isascii() and text.isdigit()) or len(text) > 10 or int(text) > upper:
         raise SdpError(f"malformed {what}: {text[:20]!r}")
     return int(text)
 
@@ -274,7 +286,9 @@ def _audio_stream(
     local_port: int, codec: str, payload_type: int, telephone_event_pt: int | None, direction: str
 ) -> MediaDescription:
     formats = [payload_type] + ([telephone_event_pt] if telephone_event_pt is not None else [])
-    stream = MediaDescription("audio", local_port, "RTP/AVP", formats, direction=direction, ptime=ANSWER_PTIME)
+    stream = MediaDescription(
+        "audio", local_port, "RTP/AVP", formats, direction=direction, ptime=ANSWER_PTIME
+    )
     stream.rtpmap[payload_type] = f"{codec}/8000"
     if telephone_event_pt is not None:
         stream.rtpmap[telephone_event_pt] = "telephone-event/8000"
@@ -283,7 +297,7 @@ def _audio_stream(
 
 
 def _rejected(offered: MediaDescription) -> MediaDescription:
-    # RFC 3264 section 6: a refused stream keeps its place with port 0 and at least one of the offered formats.
+    # RFC 3264 section 6: a refused stream keeps its place, with port 0 and the offered formats.
     return MediaDescription(
         offered.media, 0, offered.proto, list(offered.formats), other_formats=list(offered.other_formats)
     )
@@ -328,7 +342,9 @@ def negotiate_answer(
         session_name="-",
         connection=local_host,
         media=[
-            _audio_stream(local_port, codec, payload_type, event_pt, direction) if i == index else _rejected(m)
+            _audio_stream(local_port, codec, payload_type, event_pt, direction)
+            if i == index
+            else _rejected(m)
             for i, m in enumerate(offer.media)
         ],
     )
@@ -357,7 +373,9 @@ def build_offer(
     if unknown or not codecs:
         raise ValueError(f"can only offer PCMU and PCMA, not {unknown or 'nothing'}")
     formats = [_G711_PAYLOAD_TYPES[codec] for codec in codecs] + [telephone_event_pt]
-    stream = MediaDescription("audio", local_port, "RTP/AVP", formats, ptime=ANSWER_PTIME, direction="sendrecv")
+    stream = MediaDescription(
+        "audio", local_port, "RTP/AVP", formats, ptime=ANSWER_PTIME, direction="sendrecv"
+    )
     for codec in codecs:
         stream.rtpmap[_G711_PAYLOAD_TYPES[codec]] = f"{codec}/8000"
     stream.rtpmap[telephone_event_pt] = "telephone-event/8000"

@@ -11,20 +11,31 @@ import difflib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 _UNITS = {
     "zero": 0, "oh": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
     "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14,
     "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19,
 }  # fmt: skip
-_TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}
-_FILLER = frozenset(
-    "a an the some any do does you have has got in stock for my of i need want please is are there "
-    "how many much your what about".split()
-)
+_TENS = {
+    "twenty": 20,
+    "thirty": 30,
+    "forty": 40,
+    "fifty": 50,
+    "sixty": 60,
+    "seventy": 70,
+    "eighty": 80,
+    "ninety": 90,
+}
+_FILLER = frozenset({
+    "a", "an", "the", "some", "any", "do", "does", "you", "have", "has", "got", "in", "stock", "for",
+    "my", "of", "i", "need", "want", "please", "is", "are", "there", "how", "many", "much", "your",
+    "what", "about",
+})  # fmt: skip
 # Words of at least this length may match with a spelling slip ("breaks" for "brakes").
 _FUZZY_MIN_LENGTH = 4
-_FUZZY_RATIO = 0.84
+_FUZZY_RATIO = 0.8
 _ORDER_NUMBER = re.compile(r"^[A-Z]{1,2}\d{2,8}$")
 
 
@@ -34,26 +45,23 @@ def _raw_words(text: str) -> list[str]:
 
 
 def _numbers_to_digits(words: Sequence[str]) -> list[str]:
-    """"twenty four" -> "24", "five" -> "5", "oh" -> "0" (only next to another number)."""
+    """ "twenty four" -> "24", "five" -> "5", "oh" -> "0" (only next to another number)."""
     out: list[str] = []
-    for index, word in enumerate(words):
+    index = 0
+    while index < len(words):
+        word = words[index]
+        following = words[index + 1] if index + 1 < len(words) else ""
+        if word in _TENS and following in _UNITS and 0 < _UNITS[following] < 10:
+            out.append(str(_TENS[word] + _UNITS[following]))
+            index += 2
+            continue
         if word in _TENS:
             out.append(str(_TENS[word]))
-        elif word in _UNITS:
-            value = _UNITS[word]
-            if word == "oh" and not _next_to_number(words, index):
-                out.append(word)
-            elif value < 10 and out and out[-1].isdigit() and len(out[-1]) == 2 and out[-1].endswith("0"):
-                # "twenty" "four": a units word right after a tens word completes it.
-                previous_word = words[index - 1]
-                if previous_word in _TENS:
-                    out[-1] = str(int(out[-1]) + value)
-                else:
-                    out.append(str(value))
-            else:
-                out.append(str(value))
+        elif word in _UNITS and (word != "oh" or _next_to_number(words, index)):
+            out.append(str(_UNITS[word]))
         else:
             out.append(word)
+        index += 1
     return out
 
 
@@ -107,12 +115,14 @@ def score(query: Sequence[str], candidate: Sequence[str]) -> MatchScore:
     return MatchScore(matched / len(query_set), min(1.0, matched / len(candidate_set)))
 
 
+K = TypeVar("K")
+
 # A candidate must account for at least two thirds of what was asked: "brake fluid" must not
 # answer with brake pads, but "front wiper blades" may answer with wiper blades.
 MIN_COVERAGE = 0.66
 
 
-def best_match[K](query_text: str, candidates: Iterable[tuple[K, Sequence[str]]]) -> K | None:
+def best_match(query_text: str, candidates: Iterable[tuple[K, Sequence[str]]]) -> K | None:
     """The key whose texts (name, SKU, aliases...) best match `query_text`, or None if none is close."""
     query = spoken_tokens(query_text)
     if not query:
@@ -128,7 +138,7 @@ def best_match[K](query_text: str, candidates: Iterable[tuple[K, Sequence[str]]]
 
 
 def normalise_order_number(spoken: str) -> str | None:
-    """"a 1042", "A-1042", "a one oh four two", "a ten forty two" -> "A1042"; None if not that shape."""
+    """ "a 1042", "A-1042", "a one oh four two", "a ten forty two" -> "A1042"; None if not that shape."""
     words = _raw_words(spoken)
     parts: list[str] = []
     index = 0

@@ -92,7 +92,7 @@ def has_free_bay(
 
 
 def spoken_time(value: dt.time) -> str:
-    """"8 AM", "1 PM", "8:30 AM", "noon", "midnight": the way a receptionist says it."""
+    """ "8 AM", "1 PM", "8:30 AM", "noon", "midnight": the way a receptionist says it."""
     if value.minute == 0 and value.hour == 12:
         return "noon"
     if value.minute == 0 and value.hour == 0:

@@ -94,7 +94,9 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["customer_id"], ["customers.id"], name=op.f("fk_bookings_customer_id_customers")
         ),
-        sa.ForeignKeyConstraint(["service_id"], ["services.id"], name=op.f("fk_bookings_service_id_services")),
+        sa.ForeignKeyConstraint(
+            ["service_id"], ["services.id"], name=op.f("fk_bookings_service_id_services")
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_bookings")),
     )
     op.create_index("ix_bookings_start", "bookings", ["start"], unique=False)
@@ -106,7 +108,9 @@ def upgrade() -> None:
         sa.Column("customer_id", sa.Integer(), nullable=True),
         sa.Column("description", sa.String(length=300), nullable=False),
         sa.Column("status", sa.String(length=100), nullable=False),
-        sa.ForeignKeyConstraint(["customer_id"], ["customers.id"], name=op.f("fk_orders_customer_id_customers")),
+        sa.ForeignKeyConstraint(
+            ["customer_id"], ["customers.id"], name=op.f("fk_orders_customer_id_customers")
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_orders")),
         sa.UniqueConstraint("number", name=op.f("uq_orders_number")),
     )
@@ -145,7 +149,9 @@ def upgrade() -> None:
             "hangup_by IS NULL OR hangup_by IN ('caller', 'agent')", name=op.f("ck_calls_hangup_by_known")
         ),
         sa.CheckConstraint("transport IN ('sip', 'twilio')", name=op.f("ck_calls_transport_known")),
-        sa.ForeignKeyConstraint(["customer_id"], ["customers.id"], name=op.f("fk_calls_customer_id_customers")),
+        sa.ForeignKeyConstraint(
+            ["customer_id"], ["customers.id"], name=op.f("fk_calls_customer_id_customers")
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_calls")),
     )
     op.create_table(

@@ -3,7 +3,8 @@
 Everything the peer can get wrong surfaces as `SipParseError` (status hint + reason phrase, and where the
 request is intact enough, a `partial` request to build the error response from). Misuse by our own code
 (CR/LF in a header value, an invalid status code) raises `SipUsageError` instead: that is a bug here, not a
-reason to answer 400.
+reason to answer 400. The header-value types (SipUri, NameAddr, Via) live in telephony.sip.address and are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -11,33 +12,42 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from telephony.sip.address import (
+    SCHEME_RE,
+    TOKEN_RE,
+    NameAddr,
+    SipUri,
+    Via,
+    split_outside_quotes,
+)
+from telephony.sip.errors import SipParseError, SipUsageError
+
+__all__ = [
+    "MAX_MESSAGE_SIZE",
+    "REASON_PHRASES",
+    "Headers",
+    "NameAddr",
+    "SipParseError",
+    "SipRequest",
+    "SipResponse",
+    "SipUri",
+    "SipUsageError",
+    "Via",
+    "generate_branch",
+    "generate_call_id",
+    "generate_tag",
+    "make_response",
+    "parse_cseq",
+    "parse_message",
+]
 
 # UDP cannot carry more than this anyway; for stream transports it bounds what one peer can make us buffer.
 MAX_MESSAGE_SIZE = 65535
 
-_TOKEN_RE = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+")
-_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
-_HOSTNAME_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_.])?")
-_IPV6_RE = re.compile(r"[0-9A-Fa-f:.]+")
 _VERSION_RE = re.compile(r"SIP/\d+\.\d+", re.IGNORECASE)
-_VIA_PROTOCOL_RE = re.compile(r"\s*SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9.!%*_+`'~-]+)(?:\s+|$)", re.IGNORECASE)
 _FORBIDDEN_CHARS_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-
-
-class SipParseError(Exception):
-    """The peer sent something that is not a valid SIP message (RFC 3261 section 16.3 / 8.2)."""
-
-    def __init__(self, status: int, reason: str, partial: SipRequest | None = None) -> None:
-        # The reason goes verbatim into a status line, so it must never be able to inject a header.
-        self.status = status
-        self.reason = " ".join(reason.split()) or "Bad Request"
-        self.partial = partial
-        super().__init__(f"{status} {self.reason}")
-
-
-class SipUsageError(ValueError):
-    """Our own code built something that cannot be put on the wire (a bug on this side)."""
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -71,13 +81,56 @@ _KNOWN_NAMES = {
     name.lower(): name
     for name in (
         *_COMPACT_FORMS.values(),
-        *"Accept Accept-Encoding Accept-Language Alert-Info Allow Authentication-Info Authorization".split(),
-        *"Call-Info Content-Disposition Content-Language CSeq Date Diversion Error-Info Expires".split(),
-        *"History-Info In-Reply-To Max-Forwards MIME-Version Min-Expires Min-SE Organization".split(),
-        *"P-Asserted-Identity P-Preferred-Identity Path Priority Privacy Proxy-Authenticate".split(),
-        *"Proxy-Authorization Proxy-Require RAck Reason Record-Route Remote-Party-ID Replaces".split(),
-        *"Reply-To Require Retry-After Route RSeq Server Service-Route SIP-ETag SIP-If-Match".split(),
-        *"Subscription-State Timestamp Unsupported User-Agent Warning WWW-Authenticate".split(),
+        "Accept",
+        "Accept-Encoding",
+        "Accept-Language",
+        "Alert-Info",
+        "Allow",
+        "Authentication-Info",
+        "Authorization",
+        "Call-Info",
+        "Content-Disposition",
+        "Content-Language",
+        "CSeq",
+        "Date",
+        "Diversion",
+        "Error-Info",
+        "Expires",
+        "History-Info",
+        "In-Reply-To",
+        "Max-Forwards",
+        "MIME-Version",
+        "Min-Expires",
+        "Min-SE",
+        "Organization",
+        "P-Asserted-Identity",
+        "P-Preferred-Identity",
+        "Path",
+        "Priority",
+        "Privacy",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "Proxy-Require",
+        "RAck",
+        "Reason",
+        "Record-Route",
+        "Remote-Party-ID",
+        "Replaces",
+        "Reply-To",
+        "Require",
+        "Retry-After",
+        "Route",
+        "RSeq",
+        "Server",
+        "Service-Route",
+        "SIP-ETag",
+        "SIP-If-Match",
+        "Subscription-State",
+        "Timestamp",
+        "Unsupported",
+        "User-Agent",
+        "Warning",
+        "WWW-Authenticate",
     )
 }
 
@@ -86,12 +139,45 @@ _KNOWN_NAMES = {
 _NOT_SPLIT = frozenset(
     name.lower()
     for name in (
-        "WWW-Authenticate Authorization Proxy-Authenticate Proxy-Authorization Authentication-Info Date "
-        "Subject User-Agent Server Organization Retry-After Timestamp From To Call-ID CSeq Content-Length "
-        "Content-Type Max-Forwards Expires Min-Expires MIME-Version Priority Reply-To Refer-To Referred-By "
-        "Replaces Identity Identity-Info Session-Expires Min-SE RAck RSeq Event Subscription-State SIP-ETag "
-        "SIP-If-Match Content-Disposition"
-    ).split()
+        "WWW-Authenticate",
+        "Authorization",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "Authentication-Info",
+        "Date",
+        "Subject",
+        "User-Agent",
+        "Server",
+        "Organization",
+        "Retry-After",
+        "Timestamp",
+        "From",
+        "To",
+        "Call-ID",
+        "CSeq",
+        "Content-Length",
+        "Content-Type",
+        "Max-Forwards",
+        "Expires",
+        "Min-Expires",
+        "MIME-Version",
+        "Priority",
+        "Reply-To",
+        "Refer-To",
+        "Referred-By",
+        "Replaces",
+        "Identity",
+        "Identity-Info",
+        "Session-Expires",
+        "Min-SE",
+        "RAck",
+        "RSeq",
+        "Event",
+        "Subscription-State",
+        "SIP-ETag",
+        "SIP-If-Match",
+        "Content-Disposition",
+    )
 )
 
 
@@ -102,67 +188,27 @@ def _canonical_name(name: str) -> str:
     return _KNOWN_NAMES.get(lowered, name)
 
 
-def _split_outside_quotes(value: str, separator: str) -> list[str]:
-    """Split on `separator` where it is not inside a quoted string or <...> (URIs may hold ',' and ';')."""
-    parts: list[str] = []
-    start = 0
-    in_quotes = in_angle = escaped = False
-    for index, char in enumerate(value):
-        if escaped:
-            escaped = False
-        elif in_quotes:
-            if char == "\\":
-                escaped = True
-            elif char == '"':
-                in_quotes = False
-        elif char == '"':
-            in_quotes = True
-        elif char == "<":
-            in_angle = True
-        elif char == ">":
-            in_angle = False
-        elif char == separator and not in_angle:
-            parts.append(value[start:index])
-            start = index + 1
-    parts.append(value[start:])
-    return parts
-
-
-def _find_outside_quotes(value: str, target: str) -> int:
-    in_quotes = escaped = False
-    for index, char in enumerate(value):
-        if escaped:
-            escaped = False
-        elif in_quotes:
-            escaped = char == "\\"
-            in_quotes = char != '"'
-        elif char == '"':
-            in_quotes = True
-        elif char == target:
-            return index
-    return -1
-
-
 class Headers:
-    """Ordered, case-insensitive multi-map of header fields; compact names are stored under their full name."""
+    """Ordered, case-insensitive multi-map of header fields; compact names are stored as full names."""
 
     __slots__ = ("_fields",)
 
     def __init__(self, fields: Iterable[tuple[str, str]] = ()) -> None:
-        self._fields: list[tuple[str, str]] = []
+        # (lookup key, canonical name, value): the key is computed once, lookups are linear scans over ~15.
+        self._fields: list[tuple[str, str, str]] = []
         for name, value in fields:
             self.add(name, value)
 
     def _values(self, name: str) -> Iterator[str]:
         key = _canonical_name(name).lower()
-        return (value for field_name, value in self._fields if field_name.lower() == key)
+        return (value for field_key, _, value in self._fields if field_key == key)
 
     def get_all(self, name: str) -> list[str]:
         if _canonical_name(name).lower() in _NOT_SPLIT:
             return list(self._values(name))
         items: list[str] = []
         for value in self._values(name):
-            items.extend(item.strip() for item in _split_outside_quotes(value, ",") if item.strip())
+            items.extend(item.strip() for item in split_outside_quotes(value, ",") if item.strip())
         return items
 
     def get(self, name: str, default: str | None = None) -> str | None:
@@ -172,7 +218,7 @@ class Headers:
             return default
         if _canonical_name(name).lower() in _NOT_SPLIT:
             return first
-        for item in _split_outside_quotes(first, ","):
+        for item in split_outside_quotes(first, ","):
             if item.strip():
                 return item.strip()
         return first
@@ -184,12 +230,13 @@ class Headers:
         return value
 
     @staticmethod
-    def _checked(name: str, value: str) -> tuple[str, str]:
-        if not _TOKEN_RE.fullmatch(name):
+    def _checked(name: str, value: str) -> tuple[str, str, str]:
+        if not TOKEN_RE.fullmatch(name):
             raise SipUsageError(f"invalid header name {name!r}")
         if _FORBIDDEN_CHARS_RE.search(value):
             raise SipUsageError(f"control character in {name} header value")
-        return _canonical_name(name), value.strip()
+        canonical = _canonical_name(name)
+        return canonical.lower(), canonical, value.strip()
 
     def add(self, name: str, value: str) -> None:
         self._fields.append(self._checked(name, value))
@@ -197,17 +244,17 @@ class Headers:
     def set(self, name: str, value: str) -> None:
         """Replace every field of this name, keeping the position of the first one."""
         checked = self._checked(name, value)
-        key = checked[0].lower()
-        position = next((i for i, (n, _) in enumerate(self._fields) if n.lower() == key), len(self._fields))
+        keys = [key for key, _, _ in self._fields]
+        position = keys.index(checked[0]) if checked[0] in keys else len(keys)
         self.remove(name)
         self._fields.insert(position, checked)
 
     def remove(self, name: str) -> None:
         key = _canonical_name(name).lower()
-        self._fields = [(n, v) for n, v in self._fields if n.lower() != key]
+        self._fields = [entry for entry in self._fields if entry[0] != key]
 
     def items(self) -> list[tuple[str, str]]:
-        return list(self._fields)
+        return [(name, value) for _, name, value in self._fields]
 
     def copy(self) -> Headers:
         copied = Headers()
@@ -223,12 +270,12 @@ class Headers:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Headers):
             return NotImplemented
-        return [(n.lower(), v) for n, v in self._fields] == [(n.lower(), v) for n, v in other._fields]
+        return [(k, v) for k, _, v in self._fields] == [(k, v) for k, _, v in other._fields]
 
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"Headers({self._fields!r})"
+        return f"Headers({self.items()!r})"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -251,7 +298,7 @@ class SipRequest:
     body: bytes = b""
 
     def __bytes__(self) -> bytes:
-        if not _TOKEN_RE.fullmatch(self.method) or not self.uri or " " in self.uri:
+        if not TOKEN_RE.fullmatch(self.method) or not self.uri or " " in self.uri:
             raise SipUsageError(f"cannot serialise request line {self.method!r} {self.uri!r}")
         return _serialise(f"{self.method} {self.uri} SIP/2.0", self.headers, self.body)
 
@@ -366,14 +413,13 @@ def make_response(
     for value in request.headers._values("Via"):
         headers.add("Via", value)
     for name in ("From", "To", "Call-ID", "CSeq"):
-        value = request.headers.get(name)
-        if value is None:
-            continue
-        if name == "To" and to_tag is not None:
-            address = NameAddr.parse(value)
-            if address.tag is None:
-                value = str(NameAddr(address.display, address.uri, {**address.params, "tag": to_tag}))
-        headers.add(name, value)
+        for value in request.headers._values(name):
+            if name == "To" and to_tag is not None:
+                address = NameAddr.parse(value)
+                if address.tag is None:
+                    value = str(NameAddr(address.display, address.uri, {**address.params, "tag": to_tag}))
+            headers.add(name, value)
+            break
     if 100 < status < 300:
         for value in request.headers._values("Record-Route"):
             headers.add("Record-Route", value)
@@ -387,213 +433,7 @@ def make_response(
 
 
 # --------------------------------------------------------------------------------------------------------
-# Addresses: URIs, name-addr (From/To/Contact), Via
-
-
-def _parse_params(text: str, what: str) -> dict[str, str | None]:
-    """';name=value;flag' -> {'name': 'value', 'flag': None}; names are case-insensitive, so lowercased."""
-    params: dict[str, str | None] = {}
-    text = text.strip()
-    if not text:
-        return params
-    pieces = _split_outside_quotes(text, ";")
-    if pieces[0].strip():
-        raise SipParseError(400, f"Malformed {what}")
-    for piece in pieces[1:]:
-        name, has_value, value = piece.partition("=")
-        name = name.strip()
-        if not _TOKEN_RE.fullmatch(name):
-            raise SipParseError(400, f"Malformed {what} parameter")
-        params[name.lower()] = value.strip() if has_value else None
-    return params
-
-
-def _format_params(params: dict[str, str | None]) -> str:
-    return "".join(f";{name}" if value is None else f";{name}={value}" for name, value in params.items())
-
-
-def _parse_hostport(text: str, what: str) -> tuple[str, int | None]:
-    text = text.strip()
-    if text.startswith("["):
-        host, bracket, rest = text[1:].partition("]")
-        if not bracket or not _IPV6_RE.fullmatch(host) or ":" not in host:
-            raise SipParseError(400, f"Malformed host in {what}")
-    else:
-        host, _, port_text = text.partition(":")
-        rest = text[len(host) :]
-        if not _HOSTNAME_RE.fullmatch(host):
-            raise SipParseError(400, f"Malformed host in {what}")
-    if not rest:
-        return host, None
-    port_text = rest[1:]
-    if rest[0] != ":" or not port_text.isascii() or not port_text.isdigit() or len(port_text) > 5:
-        raise SipParseError(400, f"Malformed port in {what}")
-    port = int(port_text)
-    if port > 65535:
-        raise SipParseError(400, f"Malformed port in {what}")
-    return host, port
-
-
-def _format_host(host: str, port: int | None) -> str:
-    # Hosts are kept without IPv6 brackets so they can go straight to socket calls.
-    text = f"[{host}]" if ":" in host else host
-    return text if port is None else f"{text}:{port}"
-
-
-@dataclass(frozen=True)
-class SipUri:
-    """sip:, sips: (RFC 3261 section 19.1) or tel: (RFC 3966; the number is `user`, `host` is empty)."""
-
-    scheme: str
-    user: str | None
-    host: str
-    port: int | None = None
-    params: dict[str, str | None] = field(default_factory=dict)
-    password: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, value: str) -> SipUri:
-        text = value.strip()
-        scheme, colon, rest = text.partition(":")
-        scheme = scheme.lower()
-        if not colon or not rest or any(c.isspace() or c in '<>"' for c in rest):
-            raise SipParseError(400, "Malformed URI")
-        if scheme == "tel":
-            number, _, param_text = rest.partition(";")
-            if not re.fullmatch(r"[0-9A-Fa-f*#+().pPwW-]+", number):
-                raise SipParseError(400, "Malformed tel URI")
-            return cls("tel", number, "", None, _parse_params(";" + param_text if param_text else "", "URI"))
-        if scheme not in ("sip", "sips"):
-            raise SipParseError(400, "Unsupported URI scheme")
-        user = password = None
-        userinfo, at, hostpart = rest.partition("@")
-        if at:
-            user, colon, password_text = userinfo.partition(":")
-            password = password_text if colon else None
-            if not user:
-                raise SipParseError(400, "Malformed URI user part")
-        else:
-            hostpart = rest
-        hostpart, question, header_text = hostpart.partition("?")
-        hostport, semicolon, param_text = hostpart.partition(";")
-        host, port = _parse_hostport(hostport, "URI")
-        params = _parse_params(";" + param_text if semicolon else "", "URI")
-        headers: dict[str, str] = {}
-        if question:
-            for pair in header_text.split("&"):
-                name, equals, header_value = pair.partition("=")
-                if not name or not equals:
-                    raise SipParseError(400, "Malformed URI headers")
-                headers[name] = header_value
-        return cls(scheme, user, host, port, params, password, headers)
-
-    def __str__(self) -> str:
-        if self.scheme == "tel":
-            return f"tel:{self.user}{_format_params(self.params)}"
-        userinfo = ""
-        if self.user is not None:
-            userinfo = self.user if self.password is None else f"{self.user}:{self.password}"
-            userinfo += "@"
-        headers = "&".join(f"{name}={value}" for name, value in self.headers.items())
-        return (
-            f"{self.scheme}:{userinfo}{_format_host(self.host, self.port)}{_format_params(self.params)}"
-            + (f"?{headers}" if headers else "")
-        )
-
-
-def _read_quoted(text: str, start: int) -> tuple[str, int]:
-    """Read the quoted string starting at text[start] == '"'; returns (unescaped text, index after it)."""
-    chars: list[str] = []
-    index = start + 1
-    while index < len(text):
-        char = text[index]
-        if char == "\\" and index + 1 < len(text):
-            chars.append(text[index + 1])
-            index += 2
-            continue
-        if char == '"':
-            return "".join(chars), index + 1
-        chars.append(char)
-        index += 1
-    raise SipParseError(400, "Unterminated quoted string")
-
-
-@dataclass(frozen=True)
-class NameAddr:
-    """From / To / Contact / Route values: optional display name, URI, header parameters (tag, expires...)."""
-
-    display: str | None
-    uri: str
-    params: dict[str, str | None] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, value: str) -> NameAddr:
-        text = value.strip()
-        display: str | None = None
-        if text.startswith('"'):
-            display, end = _read_quoted(text, 0)
-            text = text[end:].lstrip()
-            if not text.startswith("<"):
-                raise SipParseError(400, "Malformed name-addr")
-        angle = _find_outside_quotes(text, "<")
-        if angle >= 0:
-            before, rest = text[:angle], text[angle + 1 :]
-            if before.strip():
-                if display is not None:
-                    raise SipParseError(400, "Malformed name-addr")
-                display = " ".join(before.split())
-            uri, closed, param_text = rest.partition(">")
-            if not closed:
-                raise SipParseError(400, "Malformed name-addr: missing '>'")
-        else:
-            # addr-spec without brackets: everything after the first ';' is a header parameter (section 20).
-            uri, semicolon, param_text = text.partition(";")
-            param_text = semicolon + param_text
-            if any(c in uri for c in ',?"'):
-                raise SipParseError(400, "Malformed addr-spec")
-        uri = uri.strip()
-        scheme, colon, rest = uri.partition(":")
-        if not colon or not rest or not _SCHEME_RE.fullmatch(scheme) or any(c.isspace() for c in uri):
-            raise SipParseError(400, "Malformed URI in name-addr")
-        return cls(display, uri, _parse_params(param_text, "name-addr"))
-
-    def __str__(self) -> str:
-        address = f"<{self.uri}>{_format_params(self.params)}"
-        if self.display is None:
-            return address
-        escaped = self.display.replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{escaped}" {address}'
-
-    @property
-    def tag(self) -> str | None:
-        return self.params.get("tag")
-
-
-@dataclass(frozen=True)
-class Via:
-    """One Via value: 'SIP/2.0/UDP host:port;branch=z9hG4bK...;rport'."""
-
-    transport: str
-    host: str
-    port: int | None = None
-    params: dict[str, str | None] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, value: str) -> Via:
-        match = _VIA_PROTOCOL_RE.match(value)
-        if match is None:
-            raise SipParseError(400, "Malformed Via header")
-        sent_by, semicolon, param_text = value[match.end() :].partition(";")
-        host, port = _parse_hostport(sent_by, "Via")
-        return cls(match.group(1).upper(), host, port, _parse_params(semicolon + param_text, "Via"))
-
-    def __str__(self) -> str:
-        return f"SIP/2.0/{self.transport} {_format_host(self.host, self.port)}{_format_params(self.params)}"
-
-    @property
-    def branch(self) -> str | None:
-        return self.params.get("branch")
+# CSeq and fresh identifiers
 
 
 def parse_cseq(value: str) -> tuple[int, str]:
@@ -601,7 +441,7 @@ def parse_cseq(value: str) -> tuple[int, str]:
     if len(parts) != 2 or not parts[0].isascii() or not parts[0].isdigit() or len(parts[0]) > 10:
         raise SipParseError(400, "Malformed CSeq header")
     number = int(parts[0])
-    if number >= 2**31 or not _TOKEN_RE.fullmatch(parts[1]):  # section 8.1.1.5: less than 2**31
+    if number >= 2**31 or not TOKEN_RE.fullmatch(parts[1]):  # section 8.1.1.5: less than 2**31
         raise SipParseError(400, "Malformed CSeq header")
     return number, parts[1]
 
@@ -634,7 +474,7 @@ def _parse_start_line(line: str) -> tuple[SipRequest | SipResponse, SipParseErro
             raise SipParseError(400, "Malformed status line")
         return SipResponse(int(code), reason.strip(), Headers()), None
     parts = line.split(" ")
-    if len(parts) != 3 or not _TOKEN_RE.fullmatch(parts[0]) or not parts[1]:
+    if len(parts) != 3 or not TOKEN_RE.fullmatch(parts[0]) or not parts[1]:
         raise SipParseError(400, "Malformed request line")
     method, uri, version = parts
     request = SipRequest(method, uri, Headers())
@@ -643,7 +483,7 @@ def _parse_start_line(line: str) -> tuple[SipRequest | SipResponse, SipParseErro
             raise SipParseError(400, "Malformed request line")
         return request, SipParseError(505, "Version Not Supported")
     scheme, colon, _ = uri.partition(":")
-    if not colon or not _SCHEME_RE.fullmatch(scheme):
+    if not colon or not SCHEME_RE.fullmatch(scheme):
         raise SipParseError(400, "Malformed Request-URI")
     if scheme.lower() not in ("sip", "sips", "tel"):
         return request, SipParseError(416, "Unsupported URI Scheme")
@@ -695,7 +535,7 @@ def _parse_header_lines(lines: list[bytes], headers: Headers) -> SipParseError |
             continue
         name, colon, value = line.partition(":")
         name = name.rstrip(" \t")
-        if not colon or not _TOKEN_RE.fullmatch(name):
+        if not colon or not TOKEN_RE.fullmatch(name):
             error = error or SipParseError(400, "Malformed header line")
             continue
         unfolded.append([name, value.strip(" \t")])
@@ -723,7 +563,10 @@ def _check_request(request: SipRequest) -> None:
         raise SipParseError(400, "CSeq method does not match request method", request)
     max_forwards = headers.get("Max-Forwards")
     if max_forwards is not None and not (
-        max_forwards.isascii() and max_forwards.isdigit() and int(max_forwards) <= 255
+        max_forwards.isascii()
+        and max_forwards.isdigit()
+        and len(max_forwards) <= 3
+        and int(max_forwards) <= 255
     ):
         raise SipParseError(400, "Malformed Max-Forwards header", request)
     for name in ("From", "To"):
@@ -752,7 +595,8 @@ def parse_message(data: bytes) -> SipRequest | SipResponse:
     if _FORBIDDEN_CHARS_RE.search(start_line):
         raise SipParseError(400, "Control character in start line")
     message, error = _parse_start_line(start_line)
-    error = error or _parse_header_lines(lines[1:], message.headers)
+    header_error = _parse_header_lines(lines[1:], message.headers)
+    error = error or header_error
     if error is None and len(data) > MAX_MESSAGE_SIZE:
         error = SipParseError(513, "Message Too Large")
     if error is None:
@@ -763,7 +607,8 @@ def parse_message(data: bytes) -> SipRequest | SipResponse:
             length_text = lengths.pop()
             if not (length_text.isascii() and length_text.isdigit()):
                 error = SipParseError(400, "Malformed Content-Length header")
-            elif int(length_text) > len(body):
+            elif len(length_text.lstrip("0")) > 10 or int(length_text) > len(body):
+                # (The digit-count check keeps int() away from peer-sized numbers: 3.11 caps it at 4300.)
                 error = SipParseError(400, "Content-Length exceeds datagram")
             else:
                 # Bytes past Content-Length are not part of this message (section 18.3); drop them.
@@ -779,15 +624,13 @@ def parse_message(data: bytes) -> SipRequest | SipResponse:
         return message
     if missing is not None:
         raise error or SipParseError(400, f"Missing {missing} header")
-    partial = SipRequest(message.method, message.uri, message.headers.copy())
     try:
         # Without a usable top Via there is nowhere to send a response (section 18.2.2).
-        Via.parse(partial.headers["Via"])
+        Via.parse(message.headers["Via"])
     except SipParseError:
-        if error is None:
-            raise SipParseError(400, "Malformed Via header") from None
-        partial = None
+        raise error or SipParseError(400, "Malformed Via header") from None
     if error is not None:
+        partial = SipRequest(message.method, message.uri, message.headers.copy())
         raise SipParseError(error.status, error.reason, partial)
     _check_request(message)
     message.body = body

@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from telephony.media import MediaClock, RtpPortPool, RtpStream
 from telephony.sdp import (
@@ -187,8 +188,8 @@ class UserAgent(asyncio.DatagramProtocol):
         self.port = transport.get_extra_info("sockname")[1]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self._transport = transport
+        # uvloop's UDP transport does not subclass asyncio.DatagramTransport, but has its interface.
+        self._transport = cast(asyncio.DatagramTransport, transport)
 
     async def close(self) -> None:
         byes = [self.send_bye(call) for call in list(self.calls.values()) if call.state == "confirmed"]
@@ -223,7 +224,7 @@ class UserAgent(asyncio.DatagramProtocol):
         log.info("call %s ended (hangup by %s)", call.call_id, by)
 
     # --- wire ---------------------------------------------------------------------------------------
-    def datagram_received(self, data: bytes, addr: Addr) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: Addr) -> None:
         if not data.strip(b"\r\n\t "):
             return  # RFC 5626 CRLF keep-alive
         try:
@@ -320,7 +321,9 @@ class UserAgent(asyncio.DatagramProtocol):
         self._respond(request, addr, make_response(request, 180, to_tag=local_tag))
         self._spawn(self._answer(request, addr, offer, local_tag))
 
-    async def _answer(self, request: SipRequest, addr: Addr, offer: SessionDescription, local_tag: str) -> None:
+    async def _answer(
+        self, request: SipRequest, addr: Addr, offer: SessionDescription, local_tag: str
+    ) -> None:
         call_id = request.headers["Call-ID"]
         box: list[SipCall] = []
 
@@ -527,7 +530,9 @@ class UserAgent(asyncio.DatagramProtocol):
 
         _, stream, port = await self._pool.open(self._bind_host, make_stream)
         stream.sending = False
-        offer = build_offer(local_host=self.advertised_host, local_port=port, session_id=random.getrandbits(31))
+        offer = build_offer(
+            local_host=self.advertised_host, local_port=port, session_id=random.getrandbits(31)
+        )
         headers = Headers()
         headers.add("Via", f"SIP/2.0/UDP {self.advertised_host}:{self.port};branch={generate_branch()};rport")
         headers.add("Max-Forwards", "70")
