@@ -103,7 +103,12 @@ class Switchboard:
                 transport="sip",
             ),
         )
-        policy = DialoguePolicy(self.toolbox, caller_phone=number, call_id=call.call_id, now=dt.datetime.now)
+        policy = DialoguePolicy(
+            self.toolbox.for_call(call.call_id),
+            caller_phone=number,
+            call_id=call.call_id,
+            now=self.toolbox.local_now,
+        )
         session = CallSession(
             call_id=call.call_id,
             transport=call,

@@ -24,6 +24,10 @@ class SlotUnavailable(ToolError):
     """The requested time cannot be booked (closed, in the past, or every bay is taken)."""
 
 
+class CrmUnavailable(ToolError):
+    """The database did not answer in time or at all (down, locked, timed out, not migrated)."""
+
+
 class InvalidRequest(ToolError):
     """The arguments make no sense (unknown service name, malformed order number...)."""
 

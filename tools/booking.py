@@ -14,10 +14,17 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from crm.models import AuditLog, Booking, Business, Closure, Customer, OpeningHours, Service
-from tools.api import BookingInfo, InvalidRequest, NotFound, ServiceInfo, Slot, SlotUnavailable
+from tools.api import (
+    BookingInfo,
+    CrmUnavailable,
+    InvalidRequest,
+    NotFound,
+    ServiceInfo,
+    Slot,
+    SlotUnavailable,
+)
 from tools.matching import best_match
 from tools.scheduling import DaySchedule, OpenInterval, candidate_starts, fits_opening_hours, has_free_bay
-from tools.transactions import CrmUnavailable
 
 # Statuses that hold a bay; a cancelled booking frees it.
 OCCUPYING_STATUSES = ("held", "confirmed", "needs_review")

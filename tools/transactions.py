@@ -19,11 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from crm.db import SQLITE_BEGIN_OPTION, SQLITE_BUSY_TIMEOUT_OPTION
 from crm.models import Business
-from tools.api import InvalidRequest, NotFound, ToolError
-
-
-class CrmUnavailable(ToolError):
-    """The database did not answer in time or at all (down, locked, timed out, not migrated)."""
+from tools.api import CrmUnavailable, InvalidRequest, NotFound, ToolError
 
 
 def translate_database_error(error: sa_exc.SQLAlchemyError) -> ToolError:

@@ -14,9 +14,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from crm.db import create_engine_for, session_factory
 from crm.models import ToolInvocation
 from tests.crm.databases import WALL_CLOCK
-from tools.api import NotFound, SlotUnavailable
+from tools.api import CrmUnavailable, NotFound, SlotUnavailable
 from tools.toolbox import DatabaseToolBox
-from tools.transactions import CrmTransactions, CrmUnavailable
+from tools.transactions import CrmTransactions
 
 THURSDAY_11 = dt.datetime(2026, 11, 19, 11, 0)
 
