@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -14,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from crm.scratch import create_postgres_database, drop_postgres_database
+from tests.crm.databases import require_postgres
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -34,6 +38,7 @@ class RunningServer:
     sip_port: int
     data_dir: Path
     log_path: Path
+    database_url: str
 
     @property
     def api(self) -> str:
@@ -43,35 +48,28 @@ class RunningServer:
     def sip_uri(self) -> str:
         return f"sip:agent@127.0.0.1:{self.sip_port}"
 
-    @property
-    def database_url(self) -> str:
-        return f"sqlite:///{self.data_dir / 'switchboard.db'}"
-
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    data_dir = tmp_path_factory.mktemp("serve")
+@contextlib.contextmanager
+def running_server(data_dir: Path, database_url: str | None = None) -> Iterator[RunningServer]:
+    """`switchboard serve` in a subprocess; SQLite under data_dir unless a database URL is given."""
     http_port, sip_port = free_port(), free_port(socket.SOCK_DGRAM)
     log_path = data_dir / "serve.log"
     env = dict(os.environ, SWITCHBOARD_DATA_DIR=str(data_dir), SWITCHBOARD_LOG_LEVEL="INFO")
     env.pop("SWITCHBOARD_DATABASE_URL", None)
+    if database_url is not None:
+        env["SWITCHBOARD_DATABASE_URL"] = database_url
     # Keep the server's RTP ports apart from other servers a test run may start.
     rtp_low = 20000 + (sip_port % 400) * 20
     env.update(SWITCHBOARD_RTP_PORT_MIN=str(rtp_low), SWITCHBOARD_RTP_PORT_MAX=str(rtp_low + 19))
-    command = [
-        *switchboard_command(),
-        "serve",
-        "--http-port",
-        str(http_port),
-        "--sip-port",
-        str(sip_port),
-    ]
+    command = [*switchboard_command(), "serve", "--http-port", str(http_port), "--sip-port", str(sip_port)]
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-    running = RunningServer(http_port, sip_port, data_dir, log_path)
+    running = RunningServer(
+        http_port, sip_port, data_dir, log_path, database_url or f"sqlite:///{data_dir / 'switchboard.db'}"
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -94,3 +92,27 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+    ],
+)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    data_dir = tmp_path_factory.mktemp("serve")
+    if request.param == "sqlite":
+        with running_server(data_dir) as running:
+            yield running
+        return
+    admin_url = require_postgres()
+    database_url = create_postgres_database(admin_url, prefix="switchboard_e2e")
+    try:
+        with running_server(data_dir, database_url) as running:
+            yield running
+    finally:
+        drop_postgres_database(admin_url, database_url)
