@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -16,6 +17,7 @@ from fastapi import FastAPI, HTTPException
 from agent.dialogue import DialoguePolicy
 from agent.session import CallSession, SessionTimings
 from agent.stt import SpeechModel
+from agent.transport import CallTransport
 from agent.tts import EspeakSynthesizer
 from crm.calls import CallLog
 from crm.db import create_engine_for, session_factory
@@ -46,6 +48,16 @@ class Switchboard:
             clock=self.clock,
             on_call=self.handle_call,
             max_calls=settings.max_calls,
+            timers=settings.sip_timers,
+            allowlist=settings.sip_allowlist,
+            trunks=[trunk.to_trunk() for trunk in settings.sip_trunks],
+            registrations=[registration.to_config() for registration in settings.sip_registrations],
+            rtp_timeout_s=settings.rtp_timeout_s or None,
+            ring_ms=settings.ring_ms,
+            tcp=settings.sip_tcp,
+            tls_server=settings.tls_server_context(),
+            tls_client=settings.tls_client_context(),
+            tls_port=settings.sip_tls_port,
         )
         self.app = self._make_app()
         self.sessions: dict[str, CallSession] = {}
@@ -90,28 +102,55 @@ class Switchboard:
         return app
 
     async def handle_call(self, call: SipCall) -> None:
+        def attach(session: CallSession) -> None:
+            call.audio_sink = session.on_audio
+            call.dtmf_sink = session.on_dtmf
+
+        await self.run_agent(
+            call_id=call.call_id,
+            transport=call,
+            caller_number=call.remote_number or "anonymous",
+            to_uri=call.local_uri,
+            transport_name="sip",
+            ended=call.ended,
+            attach=attach,
+            hangup_by=lambda: call.hangup_by,
+        )
+
+    async def run_agent(
+        self,
+        *,
+        call_id: str,
+        transport: CallTransport,
+        caller_number: str,
+        to_uri: str,
+        transport_name: str,
+        ended: asyncio.Event,
+        attach: Callable[[CallSession], None],
+        hangup_by: Callable[[], str | None],
+    ) -> None:
+        """Run the agent on one call, whatever transport carries it, until either side hangs up."""
         loop = asyncio.get_running_loop()
-        number = call.remote_number or "anonymous"
-        customer = await loop.run_in_executor(self.executor, self.toolbox.lookup_customer, number)
+        customer = await loop.run_in_executor(self.executor, self.toolbox.lookup_customer, caller_number)
         await loop.run_in_executor(
             self.executor,
             lambda: self.call_log.start_call(
-                call.call_id,
-                from_number=number,
-                to_uri=call.local_uri,
+                call_id,
+                from_number=caller_number,
+                to_uri=to_uri,
                 customer_id=customer.id if customer else None,
-                transport="sip",
+                transport=transport_name,
             ),
         )
         policy = DialoguePolicy(
-            self.toolbox.for_call(call.call_id),
-            caller_phone=number,
-            call_id=call.call_id,
+            self.toolbox.for_call(call_id),
+            caller_phone=caller_number,
+            call_id=call_id,
             now=self.toolbox.local_now,
         )
         session = CallSession(
-            call_id=call.call_id,
-            transport=call,
+            call_id=call_id,
+            transport=transport,
             policy=policy,
             speech_model=self.speech_model,
             synthesizer=self.synthesizer,
@@ -122,11 +161,10 @@ class Switchboard:
                 reprompt_after_s=self.settings.reprompt_after_s,
             ),
         )
-        call.audio_sink = session.on_audio
-        call.dtmf_sink = session.on_dtmf
-        self.sessions[call.call_id] = session
+        attach(session)
+        self.sessions[call_id] = session
         run = asyncio.create_task(session.run())
-        hung_up = asyncio.create_task(call.ended.wait())
+        hung_up = asyncio.create_task(ended.wait())
         try:
             await asyncio.wait({run, hung_up}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -134,19 +172,19 @@ class Switchboard:
             hung_up.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await run
-            self.sessions.pop(call.call_id, None)
-            if call.state != "terminated":
-                await call.hangup()
-            await loop.run_in_executor(self.executor, self.call_log.end_call, call.call_id, call.hangup_by)
+            self.sessions.pop(call_id, None)
+            if not ended.is_set():
+                await transport.hangup()
+            await loop.run_in_executor(self.executor, self.call_log.end_call, call_id, hangup_by())
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self.executor, self.prepare)
         await self.ua.start(self.settings.sip_host, self.settings.sip_port)
         log.info(
-            "SIP on udp:%s:%d, HTTP on http://%s:%d, database %s",
+            "SIP on %s at %s, HTTP on http://%s:%d, database %s",
+            ", ".join(f"{name.lower()}:{port}" for name, port in self.ua.ports.items()),
             self.settings.sip_host,
-            self.ua.port,
             self.settings.http_host,
             self.settings.http_port,
             self.engine.url.render_as_string(hide_password=True),
