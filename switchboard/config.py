@@ -2,10 +2,90 @@
 
 from __future__ import annotations
 
+import ipaddress
+import ssl
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from telephony.sip.outbound import RegistrationConfig, SipTrunk
+from telephony.sip.transaction import TimerConfig
+
+_TRANSPORTS = ("UDP", "TCP", "TLS")
+
+
+def _transport(value: str) -> str:
+    upper = value.upper()
+    if upper not in _TRANSPORTS:
+        raise ValueError(f"transport must be one of {', '.join(_TRANSPORTS)}, not {value!r}")
+    return upper
+
+
+class TrunkSettings(BaseModel):
+    """A carrier or PBX to place calls through (SWITCHBOARD_SIP_TRUNKS is a JSON list of these)."""
+
+    name: str
+    host: str
+    port: int = Field(5060, ge=1, le=65535)
+    transport: str = "UDP"
+    username: str | None = None
+    password: SecretStr | None = None
+    realm: str | None = None
+    from_uri: str | None = None
+
+    @field_validator("transport")
+    @classmethod
+    def _known_transport(cls, value: str) -> str:
+        return _transport(value)
+
+    def to_trunk(self) -> SipTrunk:
+        password = self.password.get_secret_value() if self.password is not None else None
+        return SipTrunk(
+            self.name,
+            self.host,
+            self.port,
+            self.transport,
+            self.username,
+            password,
+            self.realm,
+            self.from_uri,
+        )
+
+
+class RegistrationSettings(BaseModel):
+    """A registration to keep (SWITCHBOARD_SIP_REGISTRATIONS is a JSON list of these)."""
+
+    registrar: str
+    aor: str
+    username: str | None = None
+    password: SecretStr | None = None
+    realm: str | None = None
+    expires: int = Field(3600, ge=60, le=86400)
+    transport: str = "UDP"
+    proxy: str | None = None  # "host:port" to send the REGISTER to instead of the registrar's address
+
+    @field_validator("transport")
+    @classmethod
+    def _known_transport(cls, value: str) -> str:
+        return _transport(value)
+
+    def to_config(self) -> RegistrationConfig:
+        proxy: tuple[str, int] | None = None
+        if self.proxy:
+            host, _, port = self.proxy.rpartition(":")
+            proxy = (host.strip("[]"), int(port)) if host and port.isdigit() else (self.proxy, 5060)
+        password = self.password.get_secret_value() if self.password is not None else None
+        return RegistrationConfig(
+            self.registrar,
+            self.aor,
+            self.username,
+            password,
+            self.realm,
+            self.expires,
+            self.transport,
+            proxy,
+        )
 
 
 class Settings(BaseSettings):
@@ -24,12 +104,58 @@ class Settings(BaseSettings):
     data_dir: Path = Path("var")
     database_url: str | None = None
     max_calls: int = Field(200, ge=1)
+    # SIP over TCP on the same port number as UDP; TLS on sip_tls_port once a certificate is configured.
+    sip_tcp: bool = True
+    sip_tls_port: int = Field(5061, ge=0, le=65535)
+    sip_tls_cert: Path | None = None
+    sip_tls_key: Path | None = None  # omit when the certificate file holds the key too
+    sip_tls_ca: Path | None = None  # CA bundle to verify peers we connect to over TLS (default: system)
+    # CIDRs allowed to send requests (e.g. the carrier's signalling addresses); empty allows everyone.
+    sip_allowlist: list[str] = Field(default_factory=list)
+    sip_trunks: list[TrunkSettings] = Field(default_factory=list)
+    sip_registrations: list[RegistrationSettings] = Field(default_factory=list)
+    # RFC 3261 timers T1/T2/T4.
+    sip_t1_ms: int = Field(500, ge=10, le=10000)
+    sip_t2_ms: int = Field(4000, ge=100, le=60000)
+    sip_t4_ms: int = Field(5000, ge=100, le=60000)
+    # Hang up (BYE with a Reason) after this long without RTP from a caller who should be sending; 0: never.
+    rtp_timeout_s: float = Field(60.0, ge=0)
+    # Let an inbound call ring this long before answering (0 answers at once).
+    ring_ms: int = Field(0, ge=0, le=120000)
     # Silence after speech that ends a caller turn.
     endpoint_hangover_ms: int = Field(400, ge=100, le=3000)
     reprompt_after_s: float = Field(6.0, gt=0)
     tts_voice: str = "en-us"
     tts_rate_wpm: int = Field(175, ge=80, le=450)
     log_level: str = "INFO"
+    # Twilio: the base URL Twilio reaches us at (behind a proxy or ngrok), used for the <Stream> URL and
+    # to check X-Twilio-Signature, which signs the URL Twilio requested, not the one we see.
+    public_url: str | None = None
+    # Twilio's own variable names are read too, so an existing Twilio setup works unchanged.
+    twilio_account_sid: str | None = Field(
+        None, validation_alias=AliasChoices("twilio_account_sid", "TWILIO_ACCOUNT_SID")
+    )
+    twilio_auth_token: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("twilio_auth_token", "TWILIO_AUTH_TOKEN")
+    )
+    # Development only: accept Twilio requests without a valid signature (e.g. curl against localhost).
+    twilio_skip_signature_check: bool = False
+    twilio_overflow_number: str | None = None  # over capacity, <Dial> here instead of apologising
+
+    @field_validator("sip_allowlist")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            ipaddress.ip_network(cidr.strip(), strict=False)  # ValueError names the bad entry
+        return value
+
+    @model_validator(mode="after")
+    def _timers_ordered(self) -> Settings:
+        if self.sip_t2_ms < self.sip_t1_ms:
+            raise ValueError("sip_t2_ms must not be below sip_t1_ms")
+        if self.sip_tls_key is not None and self.sip_tls_cert is None:
+            raise ValueError("sip_tls_key given without sip_tls_cert")
+        return self
 
     @field_validator("log_level")
     @classmethod
@@ -41,6 +167,21 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'switchboard.db').resolve()}"
+
+    @property
+    def sip_timers(self) -> TimerConfig:
+        return TimerConfig(t1=self.sip_t1_ms / 1000, t2=self.sip_t2_ms / 1000, t4=self.sip_t4_ms / 1000)
+
+    def tls_server_context(self) -> ssl.SSLContext | None:
+        """The listening TLS context, or None when no certificate is configured (TLS stays off)."""
+        if self.sip_tls_cert is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.sip_tls_cert, self.sip_tls_key)
+        return context
+
+    def tls_client_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.sip_tls_ca)
 
     @property
     def advertised_host(self) -> str:

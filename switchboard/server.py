@@ -27,6 +27,7 @@ from crm.vocabulary import load_vocabulary
 from switchboard.config import Settings
 from telephony.media import MediaClock, RtpPortPool
 from telephony.sip.ua import SipCall, UserAgent
+from telephony.twilio.endpoint import TwilioEndpoint, TwilioSettings
 from tools.toolbox import DatabaseToolBox
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class Switchboard:
             tls_client=settings.tls_client_context(),
             tls_port=settings.sip_tls_port,
         )
+        self.twilio = TwilioEndpoint(_twilio_settings(settings), self, other_calls=lambda: len(self.ua.calls))
         self.app = self._make_app()
         self.sessions: dict[str, CallSession] = {}
 
@@ -99,6 +101,7 @@ class Switchboard:
                 raise HTTPException(status_code=404, detail=f"no call with id {call_id!r}")
             return transcript
 
+        app.include_router(self.twilio.router())
         return app
 
     async def handle_call(self, call: SipCall) -> None:
@@ -203,6 +206,18 @@ class Switchboard:
             await self.ua.close()
             self.executor.shutdown(wait=False, cancel_futures=True)
             self.engine.dispose()
+
+
+def _twilio_settings(settings: Settings) -> TwilioSettings:
+    token = settings.twilio_auth_token
+    return TwilioSettings(
+        auth_token=token.get_secret_value() if token is not None else None,
+        account_sid=settings.twilio_account_sid,
+        public_url=settings.public_url,
+        validate_signatures=not settings.twilio_skip_signature_check,
+        max_calls=settings.max_calls,
+        overflow_number=settings.twilio_overflow_number,
+    )
 
 
 def run_server(settings: Settings) -> None:

@@ -12,8 +12,11 @@ import pytest
 from telephony.media import MediaClock, RtpPortPool
 from telephony.rtp import RtpPacket
 from telephony.sdp import SessionDescription
+from telephony.sip.call import dtmf_from_info
+from telephony.sip.errors import SipParseError
 from telephony.sip.message import SipRequest, SipResponse, parse_message
 from telephony.sip.ua import SipCall, UserAgent
+from tests.telephony.sip_samples import load_sip
 
 OFFER_PCMU = (
     "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
@@ -46,10 +49,29 @@ class RawPeer(asyncio.DatagramProtocol):
     async def receive(self, timeout: float = 2.0) -> SipRequest | SipResponse:
         return parse_message(await asyncio.wait_for(self.inbox.get(), timeout))
 
+    async def response(self, status: int | None = None, timeout: float = 3.0) -> SipResponse:
+        """The next response (with this status), skipping retransmissions and requests."""
+        while True:
+            message = await self.receive(timeout)
+            if isinstance(message, SipResponse) and (status is None or message.status == status):
+                return message
+
+    async def request(self, method: str, timeout: float = 3.0) -> SipRequest:
+        while True:
+            message = await self.receive(timeout)
+            if isinstance(message, SipRequest) and message.method == method:
+                return message
+
     async def expect_silence(self, seconds: float = 0.3) -> None:
         with contextlib.suppress(TimeoutError):
             data = await asyncio.wait_for(self.inbox.get(), seconds)
             pytest.fail(f"unexpected datagram: {data!r}")
+
+    def drain(self) -> list[bytes]:
+        items = []
+        while not self.inbox.empty():
+            items.append(self.inbox.get_nowait())
+        return items
 
     @property
     def port(self) -> int:
@@ -68,6 +90,8 @@ def request(
     to_tag: str | None = None,
     body: str = "",
     from_user: str = "+15550100002",
+    content_type: str = "application/sdp",
+    extra: tuple[str, ...] = (),
 ) -> bytes:
     to = "<sip:agent@127.0.0.1>" + (f";tag={to_tag}" if to_tag else "")
     lines = [
@@ -79,22 +103,29 @@ def request(
         f"Call-ID: {call_id}",
         f"CSeq: {cseq} {method}",
         f"Contact: <sip:caller@127.0.0.1:{port}>",
+        *extra,
     ]
     if body:
-        lines.append("Content-Type: application/sdp")
+        lines.append(f"Content-Type: {content_type}")
     lines.append(f"Content-Length: {len(body.encode())}")
     return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
 
 
+def reply(to: SipRequest, status: int, reason: str = "OK", extra: str = "") -> bytes:
+    copied = "".join(f"{n}: {to.headers[n]}\r\n" for n in ("Via", "From", "To", "Call-ID", "CSeq"))
+    return f"SIP/2.0 {status} {reason}\r\n{copied}{extra}Content-Length: 0\r\n\r\n".encode()
+
+
 Harness = tuple[UserAgent, RawPeer, list[SipCall]]
+StartHarness = Callable[..., Awaitable[Harness]]
 
 
 @pytest.fixture
-async def harness() -> AsyncIterator[Callable[..., Awaitable[Harness]]]:
+async def harness() -> AsyncIterator[StartHarness]:
     opened: list[tuple[UserAgent, RawPeer]] = []
 
     async def start(
-        handler: Callable[[SipCall], Awaitable[None]] | None = None, max_calls: int = 10
+        handler: Callable[[SipCall], Awaitable[None]] | None = None, max_calls: int = 10, **options: object
     ) -> Harness:
         calls: list[SipCall] = []
 
@@ -111,6 +142,7 @@ async def harness() -> AsyncIterator[Callable[..., Awaitable[Harness]]]:
             clock=MediaClock(),
             on_call=on_call,
             max_calls=max_calls,
+            **options,  # type: ignore[arg-type]
         )
         await ua.start("127.0.0.1", 0)
         loop = asyncio.get_running_loop()
@@ -120,7 +152,7 @@ async def harness() -> AsyncIterator[Callable[..., Awaitable[Harness]]]:
 
     yield start
     for ua, peer in opened:
-        await ua.close()
+        await ua.close(grace_s=0.05)  # the raw peer never answers our BYEs
         if peer.transport is not None:
             peer.transport.close()
 
@@ -138,79 +170,119 @@ async def answered_call(ua: UserAgent, peer: RawPeer, media_port: int = 9) -> Si
     return response
 
 
-async def test_options_is_answered_with_allow(harness: Callable[..., Awaitable[Harness]]) -> None:
+async def confirmed_call(ua: UserAgent, peer: RawPeer, calls: list[SipCall], media_port: int = 9) -> str:
+    """INVITE, 200, ACK; returns the agent's tag once the agent's handler runs."""
+    ok = await answered_call(ua, peer, media_port)
+    to_tag = ok.headers["To"].split("tag=")[1]
+    peer.send(request("ACK", peer.port, branch="z9hG4bK-ack", to_tag=to_tag), ("127.0.0.1", ua.port))
+    for _ in range(100):
+        if calls:
+            break
+        await asyncio.sleep(0.01)
+    assert calls
+    return to_tag
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail("condition not reached")
+
+
+# --- the basics ----------------------------------------------------------------------------------------
+
+
+async def test_options_is_answered_with_allow(harness: StartHarness) -> None:
     ua, peer, _ = await harness()
     peer.send(request("OPTIONS", peer.port), ("127.0.0.1", ua.port))
-    response = await peer.receive()
-    assert isinstance(response, SipResponse)
+    response = await peer.response()
     assert response.status == 200
-    assert "INVITE" in (response.headers.get("Allow") or "")
+    assert "INFO" in response.headers.get_all("Allow")
 
 
-async def test_invite_answered_then_caller_hangs_up(harness: Callable[..., Awaitable[Harness]]) -> None:
+async def test_invite_answered_then_caller_hangs_up(harness: StartHarness) -> None:
     ua, peer, calls = await harness()
     ok = await answered_call(ua, peer)
     answer = SessionDescription.parse(ok.body)
     assert answer.media[0].formats[0] == 0
-    to_tag = ok.headers["To"].split("tag=")[1]
-    peer.send(request("ACK", peer.port, branch="z9hG4bK-ack", to_tag=to_tag), ("127.0.0.1", ua.port))
-    for _ in range(50):
-        if calls:
-            break
-        await asyncio.sleep(0.02)
-    assert len(calls) == 1 and calls[0].remote_number == "+15550100002"
+    to_tag = await confirmed_call_from(ua, peer, calls, ok)
+    assert calls[0].remote_number == "+15550100002"
     peer.send(request("BYE", peer.port, branch="z9hG4bK-bye", cseq=2, to_tag=to_tag), ("127.0.0.1", ua.port))
-    bye_ok = await peer.receive()
-    assert isinstance(bye_ok, SipResponse) and bye_ok.status == 200
+    assert (await peer.response()).status == 200
     await asyncio.wait_for(calls[0].ended.wait(), 1)
-    assert calls[0].hangup_by == "caller"
+    assert calls[0].hangup_by == "caller" and calls[0].end_reason == "bye"
     assert not ua.calls
 
 
-async def test_retransmitted_invite_is_answered_from_the_transaction(
-    harness: Callable[..., Awaitable[Harness]],
-) -> None:
+async def confirmed_call_from(ua: UserAgent, peer: RawPeer, calls: list[SipCall], ok: SipResponse) -> str:
+    to_tag = ok.headers["To"].split("tag=")[1]
+    peer.send(request("ACK", peer.port, branch="z9hG4bK-ack", to_tag=to_tag), ("127.0.0.1", ua.port))
+    await wait_until(lambda: bool(calls))
+    return to_tag
+
+
+async def test_retransmitted_invite_is_answered_from_the_transaction(harness: StartHarness) -> None:
     ua, peer, _ = await harness()
     ok = await answered_call(ua, peer)
     peer.send(request("INVITE", peer.port, body=OFFER_PCMU.format(port=9)), ("127.0.0.1", ua.port))
-    again = await peer.receive()
-    assert isinstance(again, SipResponse) and again.status == 200
+    again = await peer.response()
+    assert again.status == 200
     assert again.body == ok.body  # same answer, no second call set up
     assert len(ua.calls) == 1
 
 
-async def test_unanswered_2xx_is_retransmitted_until_ack(harness: Callable[..., Awaitable[Harness]]) -> None:
-    ua, peer, _ = await harness()
+async def test_unanswered_2xx_is_retransmitted_until_ack(harness: StartHarness) -> None:
+    ua, peer, calls = await harness()
     ok = await answered_call(ua, peer)
     # No ACK: RFC 3261 13.3.1.4 retransmits the 2xx after T1 (0.5 s).
-    again = await peer.receive(timeout=1.5)
-    assert isinstance(again, SipResponse) and again.status == 200
-    assert again.headers["Call-ID"] == ok.headers["Call-ID"]
+    again = await peer.response(timeout=1.5)
+    assert again.status == 200 and again.headers["Call-ID"] == ok.headers["Call-ID"]
+    await confirmed_call_from(ua, peer, calls, ok)
+    peer.drain()
+    await peer.expect_silence(1.2)  # the ACK stopped the retransmissions
 
 
-async def test_no_common_codec_gets_488(harness: Callable[..., Awaitable[Harness]]) -> None:
+async def test_missing_ack_ends_the_call_with_bye(harness: StartHarness) -> None:
+    from telephony.sip.transaction import TimerConfig
+
+    ua, peer, _ = await harness(timers=TimerConfig(t1=0.02, t2=0.08))
+    await answered_call(ua, peer)
+    bye = await peer.request("BYE", timeout=3)  # 64*T1 = 1.28 s without ACK
+    assert bye.headers["Call-ID"] == "call-1@test"
+    peer.send(reply(bye, 200), ("127.0.0.1", ua.port))
+    await wait_until(lambda: not ua.calls)
+
+
+async def test_no_common_codec_gets_488_at_once(harness: StartHarness) -> None:
     ua, peer, _ = await harness()
     peer.send(request("INVITE", peer.port, body=OFFER_G729.format(port=9)), ("127.0.0.1", ua.port))
-    statuses = [(await peer.receive()), (await peer.receive())]
-    assert [r.status for r in statuses if isinstance(r, SipResponse)] == [100, 488]
+    refused = await peer.receive()
+    assert isinstance(refused, SipResponse) and refused.status == 488
+    # Timer G retransmits the failure until the ACK arrives (17.2.1) ...
+    assert (await peer.response(timeout=1.5)).status == 488
+    tag = refused.headers["To"].split("tag=")[1] if "tag=" in refused.headers["To"] else None
+    peer.send(request("ACK", peer.port, to_tag=tag), ("127.0.0.1", ua.port))
+    peer.drain()
+    await peer.expect_silence(1.2)  # ... and not after
     assert not ua.calls
 
 
-async def test_over_capacity_gets_503_with_retry_after(harness: Callable[..., Awaitable[Harness]]) -> None:
-    ua, peer, _ = await harness(max_calls=1)
-    await answered_call(ua, peer)
-    peer.send(
-        request(
-            "INVITE", peer.port, call_id="call-2@test", branch="z9hG4bK-2", body=OFFER_PCMU.format(port=9)
-        ),
-        ("127.0.0.1", ua.port),
+async def test_over_capacity_gets_503_with_retry_after_at_once(harness: StartHarness) -> None:
+    ua, peer, calls = await harness(max_calls=1)
+    await confirmed_call(ua, peer, calls)
+    peer.drain()
+    second = request(
+        "INVITE", peer.port, call_id="call-2@test", branch="z9hG4bK-2", body=OFFER_PCMU.format(port=9)
     )
-    _trying, refused = await peer.receive(), await peer.receive()
+    peer.send(second, ("127.0.0.1", ua.port))
+    refused = await peer.receive()  # no 100 Trying first
     assert isinstance(refused, SipResponse) and refused.status == 503
     assert refused.headers.get("Retry-After") == "5"
 
 
-async def test_malformed_request_gets_400_with_reason(harness: Callable[..., Awaitable[Harness]]) -> None:
+async def test_malformed_request_gets_400_with_reason(harness: StartHarness) -> None:
     ua, peer, _ = await harness()
     bad = request("OPTIONS", peer.port).replace(b"CSeq: 1 OPTIONS", b"CSeq: one OPTIONS")
     peer.send(bad, ("127.0.0.1", ua.port))
@@ -224,14 +296,29 @@ async def test_malformed_request_gets_400_with_reason(harness: Callable[..., Awa
     assert ua.malformed == 2
     # Still serving after garbage.
     peer.send(request("OPTIONS", peer.port, branch="z9hG4bK-after"), ("127.0.0.1", ua.port))
-    assert (await peer.receive()).status == 200  # type: ignore[union-attr]
+    assert (await peer.response()).status == 200
+    assert ua.open_transactions >= 1  # the OPTIONS waits out Timer J, then goes
 
 
-async def test_agent_hangup_sends_bye_and_rtp_flows_both_ways(
-    harness: Callable[..., Awaitable[Harness]],
-) -> None:
+@pytest.mark.parametrize(
+    ("method", "status"), [("SUBSCRIBE", 405), ("FROBNICATE", 501), ("BYE", 481), ("INFO", 481)]
+)
+async def test_requests_we_do_not_serve(harness: StartHarness, method: str, status: int) -> None:
+    ua, peer, _ = await harness()
+    peer.send(request(method, peer.port), ("127.0.0.1", ua.port))
+    assert (await peer.response()).status == status
+
+
+async def test_required_extension_gets_420(harness: StartHarness) -> None:
+    ua, peer, _ = await harness()
+    invite = request("INVITE", peer.port, body=OFFER_PCMU.format(port=9), extra=("Require: 100rel",))
+    peer.send(invite, ("127.0.0.1", ua.port))
+    refused = await peer.response()
+    assert refused.status == 420 and refused.headers["Unsupported"] == "100rel"
+
+
+async def test_agent_hangup_sends_bye_and_rtp_flows_both_ways(harness: StartHarness) -> None:
     loop = asyncio.get_running_loop()
-    media_in: asyncio.Queue[bytes] = asyncio.Queue()
     rtp_peer: RawPeer
     _, rtp_peer = await loop.create_datagram_endpoint(RawPeer, local_addr=("127.0.0.1", 0))
     heard: list[bytes] = []
@@ -244,34 +331,294 @@ async def test_agent_hangup_sends_bye_and_rtp_flows_both_ways(
 
     ua, peer, calls = await harness(handler=speak_then_hang_up)
     ok = await answered_call(ua, peer, media_port=rtp_peer.port)
-    to_tag = ok.headers["To"].split("tag=")[1]
     answer = SessionDescription.parse(ok.body)
     agent_media = ("127.0.0.1", answer.media[0].port)
-    peer.send(request("ACK", peer.port, branch="z9hG4bK-ack", to_tag=to_tag), ("127.0.0.1", ua.port))
-    while not calls:
-        await asyncio.sleep(0.005)
+    await confirmed_call_from(ua, peer, calls, ok)
     for seq in range(5):
         packet = RtpPacket(
             payload_type=0, sequence_number=seq, timestamp=seq * 160, ssrc=7, payload=b"\x7f" * 160
         )
         rtp_peer.send(bytes(packet), agent_media)
-    bye = await peer.receive(timeout=3)
-    assert isinstance(bye, SipRequest) and bye.method == "BYE"
-    peer.send(
-        b"SIP/2.0 200 OK\r\n"
-        + b"".join(
-            f"{name}: {bye.headers[name]}\r\n".encode() for name in ("Via", "From", "To", "Call-ID", "CSeq")
-        )
-        + b"Content-Length: 0\r\n\r\n",
-        ("127.0.0.1", ua.port),
-    )
-    while not rtp_peer.inbox.empty():
-        media_in.put_nowait(rtp_peer.inbox.get_nowait())
-    packets = [RtpPacket.parse(media_in.get_nowait()) for _ in range(media_in.qsize())]
+    bye = await peer.request("BYE", timeout=3)
+    peer.send(reply(bye, 200), ("127.0.0.1", ua.port))
+    packets = [RtpPacket.parse(data) for data in rtp_peer.drain() if data[1] & 0x7F in (0, 101)]
     speech = [p for p in packets if p.payload != b"\xff" * 160]
     assert len(speech) == 10  # 200 ms in 20 ms packets
     assert all((b.sequence_number - a.sequence_number) & 0xFFFF == 1 for a, b in itertools.pairwise(packets))
-    assert len(heard) == 5 and all(len(frame) == 320 for frame in heard)
+    await wait_until(lambda: len(heard) == 5)
+    assert all(len(frame) == 320 for frame in heard)
     assert calls[0].hangup_by == "agent"
     assert rtp_peer.transport is not None
     rtp_peer.transport.close()
+
+
+# --- CANCEL, ringing ------------------------------------------------------------------------------------
+
+
+async def test_cancel_while_ringing_gets_487(harness: StartHarness) -> None:
+    ua, peer, calls = await harness(ring_ms=3000)
+    peer.send(request("INVITE", peer.port, body=OFFER_PCMU.format(port=9)), ("127.0.0.1", ua.port))
+    assert (await peer.response(180)).status == 180
+    peer.send(request("CANCEL", peer.port), ("127.0.0.1", ua.port))
+    cancelled = await peer.response(200)
+    assert cancelled.headers["CSeq"] == "1 CANCEL"
+    terminated = await peer.response(487)
+    assert terminated.headers["CSeq"] == "1 INVITE"
+    peer.send(
+        request("ACK", peer.port, to_tag=terminated.headers["To"].split("tag=")[1]), ("127.0.0.1", ua.port)
+    )
+    await asyncio.sleep(0.1)
+    peer.drain()
+    await peer.expect_silence(0.8)
+    assert not ua.calls and not calls
+    # A CANCEL for nothing at all.
+    peer.send(request("CANCEL", peer.port, branch="z9hG4bK-none"), ("127.0.0.1", ua.port))
+    assert (await peer.response()).status == 481
+
+
+# --- admission -----------------------------------------------------------------------------------------
+
+
+async def test_allowlist_refuses_other_sources_with_403(harness: StartHarness) -> None:
+    ua, peer, _ = await harness(allowlist=["192.0.2.0/24"])
+    peer.send(request("INVITE", peer.port, body=OFFER_PCMU.format(port=9)), ("127.0.0.1", ua.port))
+    assert (await peer.response()).status == 403
+    allowed, allowed_peer, _ = await harness(allowlist=["127.0.0.0/8"])
+    allowed_peer.send(request("OPTIONS", allowed_peer.port), ("127.0.0.1", allowed.port))
+    assert (await allowed_peer.response()).status == 200
+
+
+async def test_scanners_are_dropped_and_blocked(harness: StartHarness) -> None:
+    ua, peer, _ = await harness()
+    probe = request("OPTIONS", peer.port, extra=("User-Agent: friendly-scanner",))
+    peer.send(probe, ("127.0.0.1", ua.port))
+    await peer.expect_silence(0.3)
+    # The source stays blocked for a while: even a clean request from it goes unanswered.
+    peer.send(request("OPTIONS", peer.port, branch="z9hG4bK-clean"), ("127.0.0.1", ua.port))
+    await peer.expect_silence(0.3)
+    assert ua.admission.dropped_scanners == 1
+    assert ua.open_transactions == 0
+
+
+# --- in-dialog requests --------------------------------------------------------------------------------
+
+
+async def test_info_dtmf_reaches_the_sink(harness: StartHarness) -> None:
+    digits: list[str] = []
+
+    async def collect(call: SipCall) -> None:
+        call.dtmf_sink = digits.append
+        await call.ended.wait()
+
+    ua, peer, calls = await harness(handler=collect)
+    tag = await confirmed_call(ua, peer, calls)
+    bodies = [
+        ("application/dtmf-relay", "Signal=5\r\nDuration=160\r\n"),
+        ("application/dtmf-relay", "Signal=#\r\nDuration=160\r\n"),
+        ("application/dtmf", "7"),
+    ]
+    for cseq, (content_type, body) in enumerate(bodies, start=2):
+        info = request(
+            "INFO",
+            peer.port,
+            branch=f"z9hG4bK-i{cseq}",
+            cseq=cseq,
+            to_tag=tag,
+            body=body,
+            content_type=content_type,
+        )
+        peer.send(info, ("127.0.0.1", ua.port))
+        assert (await peer.response()).status == 200
+    odd = request(
+        "INFO", peer.port, branch="z9hG4bK-i9", cseq=9, to_tag=tag, body="x", content_type="text/plain"
+    )
+    peer.send(odd, ("127.0.0.1", ua.port))
+    unsupported = await peer.response()
+    assert unsupported.status == 415 and "application/dtmf-relay" in unsupported.headers["Accept"]
+    assert digits == ["5", "#", "7"]
+
+
+@pytest.mark.parametrize(("name", "digit"), [("sipp_info_dtmf_relay.txt", "4"), ("sipp_info_dtmf.txt", "7")])
+def test_captured_info_requests_carry_digits(name: str, digit: str) -> None:
+    info = parse_message(load_sip(name))
+    assert isinstance(info, SipRequest)
+    assert dtmf_from_info(info) == digit
+    info.body = b"Signal=X\r\n"
+    with pytest.raises(SipParseError):
+        dtmf_from_info(info)
+
+
+async def test_out_of_order_cseq_gets_500(harness: StartHarness) -> None:
+    ua, peer, calls = await harness()
+    tag = await confirmed_call(ua, peer, calls)
+    peer.send(request("INFO", peer.port, branch="z9hG4bK-a", cseq=5, to_tag=tag), ("127.0.0.1", ua.port))
+    assert (await peer.response()).status == 200
+    peer.send(request("INFO", peer.port, branch="z9hG4bK-b", cseq=4, to_tag=tag), ("127.0.0.1", ua.port))
+    assert (await peer.response()).status == 500
+    peer.send(
+        request("BYE", peer.port, branch="z9hG4bK-c", cseq=6, to_tag="not-ours"), ("127.0.0.1", ua.port)
+    )
+    assert (await peer.response()).status == 481
+
+
+def hold_offer(port: int, direction: str, host: str = "127.0.0.1", version: int = 2) -> str:
+    return (
+        OFFER_PCMU.format(port=port)
+        .replace("o=- 1 1", f"o=- 1 {version}")
+        .replace("c=IN IP4 127.0.0.1", f"c=IN IP4 {host}")
+        + f"a={direction}\r\n"
+    )
+
+
+async def test_reinvite_holds_resumes_and_moves_media(harness: StartHarness) -> None:
+    ua, peer, calls = await harness()
+    ok = await answered_call(ua, peer, media_port=40000)
+    tag = await confirmed_call_from(ua, peer, calls, ok)
+    call = calls[0]
+    first_version = SessionDescription.parse(ok.body).origin.split()[2]
+
+    async def reinvite(cseq: int, body: str) -> SessionDescription:
+        peer.send(
+            request("INVITE", peer.port, branch=f"z9hG4bK-re{cseq}", cseq=cseq, to_tag=tag, body=body),
+            ("127.0.0.1", ua.port),
+        )
+        answer = await peer.response(200)
+        peer.send(
+            request("ACK", peer.port, branch=f"z9hG4bK-ra{cseq}", cseq=cseq, to_tag=tag),
+            ("127.0.0.1", ua.port),
+        )
+        return SessionDescription.parse(answer.body)
+
+    held = await reinvite(2, hold_offer(40000, "sendonly"))
+    assert held.media[0].direction == "recvonly"
+    assert held.origin.split()[2] == str(int(first_version) + 1)  # a changed description, a new version
+    assert call.media.direction == "recvonly" and call.media.remote == ("127.0.0.1", 40000)
+    resumed = await reinvite(3, hold_offer(40002, "sendrecv", version=3))
+    assert resumed.media[0].direction == "sendrecv"
+    assert call.media.direction == "sendrecv"
+    assert call.media.remote == ("127.0.0.1", 40002)  # the re-INVITE moved the peer's media
+    inactive = await reinvite(4, hold_offer(40002, "inactive", version=4))
+    assert inactive.media[0].direction == "inactive" and call.media.direction == "inactive"
+    old_style = await reinvite(5, hold_offer(40002, "sendrecv", host="0.0.0.0", version=5))
+    assert old_style.media[0].port == resumed.media[0].port and call.media.direction == "inactive"
+    assert call.state == "confirmed"
+
+
+async def test_reinvite_with_an_unusable_codec_keeps_the_call(harness: StartHarness) -> None:
+    ua, peer, calls = await harness()
+    tag = await confirmed_call(ua, peer, calls)
+    peer.send(
+        request("INVITE", peer.port, branch="z9hG4bK-g", cseq=2, to_tag=tag, body=OFFER_G729.format(port=9)),
+        ("127.0.0.1", ua.port),
+    )
+    assert (await peer.response(488)).status == 488
+    assert calls[0].state == "confirmed" and calls[0].negotiated.codec == "PCMU"
+
+
+async def test_late_offer_initial_invite_takes_the_answer_from_the_ack(harness: StartHarness) -> None:
+    loop = asyncio.get_running_loop()
+    _, rtp_peer = await loop.create_datagram_endpoint(RawPeer, local_addr=("127.0.0.1", 0))
+    ua, peer, calls = await harness()
+    peer.send(request("INVITE", peer.port), ("127.0.0.1", ua.port))
+    ok = await peer.response(200)
+    offer = SessionDescription.parse(ok.body)
+    assert offer.media[0].formats[0] == 0 and offer.media[0].direction == "sendrecv"
+    tag = ok.headers["To"].split("tag=")[1]
+    answer = OFFER_PCMU.format(port=rtp_peer.port)
+    peer.send(
+        request("ACK", peer.port, branch="z9hG4bK-ack", to_tag=tag, body=answer), ("127.0.0.1", ua.port)
+    )
+    await wait_until(lambda: bool(calls))
+    call = calls[0]
+    assert call.media.remote == ("127.0.0.1", rtp_peer.port) and call.media.direction == "sendrecv"
+    packet = await asyncio.wait_for(rtp_peer.inbox.get(), 1.0)  # our RTP goes to the answered address
+    assert RtpPacket.parse(packet).payload_type == 0
+    # A re-INVITE without SDP: we offer again (PCMU only), the answer comes in its ACK.
+    peer.send(request("INVITE", peer.port, branch="z9hG4bK-r", cseq=2, to_tag=tag), ("127.0.0.1", ua.port))
+    reoffer = SessionDescription.parse((await peer.response(200)).body)
+    assert reoffer.media[0].formats == [0, 101]
+    held = hold_offer(rtp_peer.port, "recvonly")
+    peer.send(
+        request("ACK", peer.port, branch="z9hG4bK-ra", cseq=2, to_tag=tag, body=held), ("127.0.0.1", ua.port)
+    )
+    await wait_until(lambda: call.media.direction == "sendonly")
+    assert rtp_peer.transport is not None
+    rtp_peer.transport.close()
+
+
+async def test_rtp_timeout_sends_bye_with_reason(harness: StartHarness) -> None:
+    ua, peer, calls = await harness(rtp_timeout_s=0.3)
+    await confirmed_call(ua, peer, calls)
+    bye = await peer.request("BYE", timeout=3)
+    assert bye.headers["Reason"] == 'SIP;cause=408;text="RTP timeout"'
+    peer.send(reply(bye, 200), ("127.0.0.1", ua.port))
+    await asyncio.wait_for(calls[0].ended.wait(), 1)
+    assert calls[0].hangup_by == "agent" and calls[0].end_reason == "rtp-timeout"
+
+
+# --- transfer ------------------------------------------------------------------------------------------
+
+
+def notify(port: int, tag: str, cseq: int, sipfrag: str, state: str) -> bytes:
+    return request(
+        "NOTIFY",
+        port,
+        branch=f"z9hG4bK-n{cseq}",
+        cseq=cseq,
+        to_tag=tag,
+        body=sipfrag,
+        content_type="message/sipfrag;version=2.0",
+        extra=("Event: refer", f"Subscription-State: {state}"),
+    )
+
+
+async def test_blind_transfer_with_refer_and_notify(harness: StartHarness) -> None:
+    results: list[bool] = []
+
+    async def transfer(call: SipCall) -> None:
+        results.append(await call.transfer("sip:escalation@127.0.0.1:5099"))
+        await call.ended.wait()
+
+    ua, peer, calls = await harness(handler=transfer)
+    tag = await confirmed_call(ua, peer, calls)
+    refer = await peer.request("REFER")
+    assert refer.headers["Refer-To"] == "<sip:escalation@127.0.0.1:5099>"
+    assert refer.uri == f"sip:caller@127.0.0.1:{peer.port}"  # the remote target (our Contact)
+    peer.send(reply(refer, 202, "Accepted"), ("127.0.0.1", ua.port))
+    peer.send(
+        notify(peer.port, tag, 2, "SIP/2.0 100 Trying\r\n", "active;expires=60"), ("127.0.0.1", ua.port)
+    )
+    assert (await peer.response()).status == 200
+    # A NOTIFY that is not about the transfer is refused, and the transfer goes on.
+    peer.send(notify(peer.port, tag, 3, "garbage", "active"), ("127.0.0.1", ua.port))
+    assert (await peer.response()).status == 400
+    peer.send(
+        notify(peer.port, tag, 4, "SIP/2.0 200 OK\r\n", "terminated;reason=noresource"),
+        ("127.0.0.1", ua.port),
+    )
+    assert (await peer.response()).status == 200
+    bye = await peer.request("BYE")
+    peer.send(reply(bye, 200), ("127.0.0.1", ua.port))
+    await wait_until(lambda: bool(results))
+    assert results == [True]
+    assert calls[0].end_reason == "transfer"
+
+
+async def test_refused_transfer_keeps_the_call(harness: StartHarness) -> None:
+    results: list[bool] = []
+
+    async def transfer(call: SipCall) -> None:
+        results.append(await call.transfer("sip:escalation@127.0.0.1"))
+        await call.ended.wait()
+
+    ua, peer, calls = await harness(handler=transfer)
+    tag = await confirmed_call(ua, peer, calls)
+    refer = await peer.request("REFER")
+    peer.send(reply(refer, 202, "Accepted"), ("127.0.0.1", ua.port))
+    peer.send(notify(peer.port, tag, 2, "SIP/2.0 486 Busy Here\r\n", "terminated"), ("127.0.0.1", ua.port))
+    assert (await peer.response()).status == 200
+    await wait_until(lambda: bool(results))
+    assert results == [False] and calls[0].state == "confirmed"
+    # A NOTIFY after the transfer is over has no subscription left.
+    peer.send(notify(peer.port, tag, 3, "SIP/2.0 200 OK\r\n", "terminated"), ("127.0.0.1", ua.port))
+    assert (await peer.response()).status == 481

@@ -1,0 +1,315 @@
+"""RFC 3261 section 12 dialogs, sans-IO: identity, CSeq ordering, route set, remote target.
+
+A `Dialog` is created from the INVITE we answer (UAS, 12.1.1) or from the 2xx we receive (UAC, 12.1.2) and
+then builds every in-dialog request (12.2.1.1) and checks every one that arrives (12.2.2). The UAS core's
+2xx retransmission until ACK (13.3.1.4) is here too, as `AnswerRetransmitter`, because it is dialog state,
+not transaction state (RFC 6026).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass, field
+
+from telephony.sip.errors import SipParseError
+from telephony.sip.message import (
+    Headers,
+    NameAddr,
+    SipRequest,
+    SipResponse,
+    SipUri,
+    generate_branch,
+    parse_cseq,
+)
+from telephony.sip.transaction import Addr, Outgoing, TimerConfig, is_reliable
+
+# Requests that never take part in CSeq ordering: ACK and CANCEL reuse the INVITE's number (12.2.2).
+_UNORDERED = frozenset({"ACK", "CANCEL"})
+
+
+class DialogError(Exception):
+    """An in-dialog request we must refuse; `status` is what to answer (500 out of order, 400 ...)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class DialogId:
+    call_id: str
+    local_tag: str
+    remote_tag: str
+
+
+def dialog_id_for_request(request: SipRequest) -> DialogId | None:
+    """The dialog an incoming request belongs to (our tag is in To); None outside a dialog."""
+    local = NameAddr.parse(request.headers["To"]).tag
+    remote = NameAddr.parse(request.headers["From"]).tag
+    if local is None:
+        return None
+    return DialogId(request.headers["Call-ID"], local, remote or "")
+
+
+def dialog_id_for_response(response: SipResponse) -> DialogId | None:
+    """The dialog a response to our request belongs to (our tag is in From)."""
+    local = NameAddr.parse(response.headers["From"]).tag
+    remote = NameAddr.parse(response.headers["To"]).tag
+    if local is None or remote is None:
+        return None
+    return DialogId(response.headers["Call-ID"], local, remote)
+
+
+def _strip_tag(value: str) -> str:
+    address = NameAddr.parse(value)
+    params = {name: v for name, v in address.params.items() if name != "tag"}
+    return str(NameAddr(address.display, address.uri, params))
+
+
+def _with_tag(value: str, tag: str) -> str:
+    if not tag:
+        return value
+    address = NameAddr.parse(value)
+    return str(NameAddr(address.display, address.uri, {**address.params, "tag": tag}))
+
+
+def _contact_uri(message: SipRequest | SipResponse) -> str | None:
+    contact = message.headers.get("Contact")
+    if contact is None:
+        return None
+    uri = NameAddr.parse(contact).uri
+    SipUri.parse(uri)  # a target we could not send to is a malformed Contact, said now rather than later
+    return uri
+
+
+@dataclass(slots=True)
+class Dialog:
+    call_id: str
+    local_tag: str
+    remote_tag: str
+    local_uri: str  # name-addr without tag: our From (UAC) or the request's To (UAS)
+    remote_uri: str
+    remote_target: str  # the peer's Contact URI: where in-dialog requests are addressed
+    route_set: list[str]
+    local_seq: int
+    remote_seq: int | None
+    secure: bool = False
+    state: str = "early"  # early | confirmed | terminated
+
+    @property
+    def id(self) -> DialogId:
+        return DialogId(self.call_id, self.local_tag, self.remote_tag)
+
+    @classmethod
+    def from_uas(cls, request: SipRequest, local_tag: str, local_seq: int) -> Dialog:
+        """12.1.1: the dialog we create by answering `request` with a To tag of `local_tag`."""
+        try:
+            target = _contact_uri(request)
+            sender = NameAddr.parse(request.headers["From"])
+            number, _ = parse_cseq(request.headers["CSeq"])
+        except SipParseError as exc:
+            raise DialogError(400, exc.reason) from None
+        return cls(
+            call_id=request.headers["Call-ID"],
+            local_tag=local_tag,
+            remote_tag=sender.tag or "",
+            local_uri=_strip_tag(request.headers["To"]),
+            remote_uri=_strip_tag(request.headers["From"]),
+            remote_target=target or sender.uri,
+            route_set=request.headers.get_all("Record-Route"),
+            local_seq=local_seq,
+            remote_seq=number,
+            secure=request.uri.lower().startswith("sips:"),
+        )
+
+    @classmethod
+    def from_uac(cls, request: SipRequest, response: SipResponse) -> Dialog:
+        """12.1.2: the dialog a 2xx (or tagged 1xx) to our `request` creates; routes are reversed."""
+        try:
+            target = _contact_uri(response)
+            local = NameAddr.parse(request.headers["From"])
+            remote_tag = NameAddr.parse(response.headers["To"]).tag
+            number, _ = parse_cseq(request.headers["CSeq"])
+        except SipParseError as exc:
+            raise DialogError(400, exc.reason) from None
+        if local.tag is None or remote_tag is None:
+            raise DialogError(400, "response without dialog tags")
+        return cls(
+            call_id=request.headers["Call-ID"],
+            local_tag=local.tag,
+            remote_tag=remote_tag,
+            local_uri=_strip_tag(request.headers["From"]),
+            remote_uri=_strip_tag(response.headers["To"]),
+            remote_target=target or request.uri,
+            route_set=list(reversed(response.headers.get_all("Record-Route"))),
+            local_seq=number,
+            remote_seq=None,
+            secure=request.uri.lower().startswith("sips:"),
+            state="confirmed" if 200 <= response.status < 300 else "early",
+        )
+
+    # --- requests we send ---------------------------------------------------------------------------------
+    def _request_uri_and_routes(self) -> tuple[str, list[str]]:
+        if not self.route_set:
+            return self.remote_target, []
+        first = NameAddr.parse(self.route_set[0]).uri
+        if "lr" in SipUri.parse(first).params:
+            return self.remote_target, list(self.route_set)
+        # 12.2.1.1 strict routing (RFC 2543 proxies): the first route becomes the Request-URI and the
+        # remote target travels as the last Route.
+        return first, [*self.route_set[1:], f"<{self.remote_target}>"]
+
+    def create_request(
+        self,
+        method: str,
+        *,
+        transport: str,
+        sent_by: Addr,
+        contact: str | None = None,
+        cseq: int | None = None,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+        content_type: str | None = None,
+    ) -> SipRequest:
+        """An in-dialog request; CSeq increments except for ACK/CANCEL, which pass `cseq` explicitly."""
+        if cseq is None:
+            self.local_seq += 1
+            cseq = self.local_seq
+        uri, routes = self._request_uri_and_routes()
+        built = Headers()
+        host, port = sent_by
+        host_text = f"[{host}]" if ":" in host else host
+        built.add("Via", f"SIP/2.0/{transport.upper()} {host_text}:{port};branch={generate_branch()};rport")
+        for route in routes:
+            built.add("Route", route)
+        built.add("Max-Forwards", "70")
+        built.add("From", _with_tag(self.local_uri, self.local_tag))
+        built.add("To", _with_tag(self.remote_uri, self.remote_tag))
+        built.add("Call-ID", self.call_id)
+        built.add("CSeq", f"{cseq} {method}")
+        if contact is not None:
+            built.add("Contact", contact)
+        for name, value in headers or ():
+            built.add(name, value)
+        if content_type is not None:
+            built.add("Content-Type", content_type)
+        return SipRequest(method, uri, built, body)
+
+    def create_ack(
+        self,
+        invite_cseq: int,
+        *,
+        transport: str,
+        sent_by: Addr,
+        body: bytes = b"",
+        content_type: str | None = None,
+    ) -> SipRequest:
+        """13.2.2.4: the ACK for a 2xx is a new request (new branch) with the INVITE's CSeq number."""
+        return self.create_request(
+            "ACK",
+            transport=transport,
+            sent_by=sent_by,
+            cseq=invite_cseq,
+            body=body,
+            content_type=content_type,
+        )
+
+    # --- requests we receive ------------------------------------------------------------------------------
+    def check_request(self, request: SipRequest) -> None:
+        """12.2.2: refuse requests older than the last one (500); remember the newest CSeq."""
+        try:
+            number, _ = parse_cseq(request.headers["CSeq"])
+        except SipParseError as exc:
+            raise DialogError(400, exc.reason) from None
+        if request.method in _UNORDERED:
+            return
+        if self.remote_seq is not None and number <= self.remote_seq:
+            raise DialogError(500, "CSeq out of order")
+        self.remote_seq = number
+
+    def refresh_target(self, message: SipRequest | SipResponse) -> None:
+        """Target refresh (12.2, 14): a re-INVITE or its 2xx may move the peer's Contact."""
+        try:
+            target = _contact_uri(message)
+        except SipParseError as exc:
+            raise DialogError(400, exc.reason) from None
+        if target is not None:
+            self.remote_target = target
+
+
+# --- the UAS core's 2xx retransmission ------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _PendingAnswer:
+    raw: bytes
+    dest: Addr
+    transport: str
+    interval: float
+    next_at: float
+    give_up_at: float
+
+
+@dataclass(slots=True)
+class AnswerRetransmitter:
+    """Retransmits our 2xx to an INVITE (T1 doubling to T2) until its ACK, for at most 64*T1 (13.3.1.4)."""
+
+    timers: TimerConfig = field(default_factory=TimerConfig)
+    _pending: dict[tuple[DialogId, int], _PendingAnswer] = field(default_factory=dict)
+    _heap: list[tuple[float, int, tuple[DialogId, int]]] = field(default_factory=list)
+    _sequence: itertools.count[int] = field(default_factory=itertools.count)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def start(self, dialog: DialogId, cseq: int, raw: bytes, dest: Addr, transport: str, now: float) -> None:
+        t = self.timers
+        # Over a reliable transport the 2xx is not resent, but a missing ACK still ends the call.
+        interval = t.t1 if not is_reliable(transport) else t.timeout_64t1
+        pending = _PendingAnswer(raw, dest, transport, interval, now + interval, now + t.timeout_64t1)
+        self._pending[(dialog, cseq)] = pending
+        self._push(pending, (dialog, cseq))
+
+    def _push(self, pending: _PendingAnswer, key: tuple[DialogId, int]) -> None:
+        heapq.heappush(self._heap, (min(pending.next_at, pending.give_up_at), next(self._sequence), key))
+
+    def acknowledge(self, dialog: DialogId, cseq: int) -> bool:
+        """True when this ACK was the first for a pending 2xx."""
+        return self._pending.pop((dialog, cseq), None) is not None
+
+    def cancel(self, dialog: DialogId) -> None:
+        for key in [k for k in self._pending if k[0] == dialog]:
+            del self._pending[key]
+
+    def is_pending(self, dialog: DialogId) -> bool:
+        return any(key[0] == dialog for key in self._pending)
+
+    def next_timer(self) -> float | None:
+        while self._heap:
+            deadline, _, key = self._heap[0]
+            pending = self._pending.get(key)
+            if pending is not None and min(pending.next_at, pending.give_up_at) == deadline:
+                return deadline
+            heapq.heappop(self._heap)
+        return None
+
+    def tick(self, now: float) -> tuple[list[Outgoing], list[DialogId]]:
+        """The 2xx to resend now, and the dialogs whose ACK never came (the TU sends BYE, 13.3.1.4)."""
+        resend: list[Outgoing] = []
+        expired: list[DialogId] = []
+        while self._heap and self._heap[0][0] <= now:
+            deadline, _, key = heapq.heappop(self._heap)
+            pending = self._pending.get(key)
+            if pending is None or min(pending.next_at, pending.give_up_at) != deadline:
+                continue
+            if pending.give_up_at <= now:
+                del self._pending[key]
+                expired.append(key[0])
+                continue
+            resend.append(Outgoing(pending.raw, pending.dest, pending.transport))
+            pending.interval = min(pending.interval * 2, self.timers.t2)
+            pending.next_at = now + pending.interval
+            self._push(pending, key)
+        return resend, expired

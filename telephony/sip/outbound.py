@@ -1,0 +1,376 @@
+"""What the user agent starts itself: calls out (through a trunk, with digest auth) and registrations.
+
+`OutboundMixin` is the client half of `UserAgent`: the INVITE/ACK/CANCEL of an outgoing call, requests
+retried after a 401/407 challenge (telephony.sip.auth), and one task per configured registration that
+keeps its binding alive (telephony.sip.registration decides what to send and when to refresh).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
+
+from telephony.media import MediaClock, RtpPortPool, RtpStream
+from telephony.sdp import (
+    NegotiatedMedia,
+    NoCommonCodec,
+    SdpError,
+    SessionDescription,
+    build_offer,
+    parse_answer,
+)
+from telephony.sip.auth import Credentials, DigestAuthenticator
+from telephony.sip.call import CallFailed, SipCall
+from telephony.sip.dialog import Dialog, DialogError
+from telephony.sip.errors import SipParseError, SipUsageError
+from telephony.sip.message import (
+    Headers,
+    SipRequest,
+    SipResponse,
+    SipUri,
+    generate_branch,
+    generate_call_id,
+    generate_tag,
+)
+from telephony.sip.registration import Challenge, Failed, Registered, Registration, RegistrationEvent, Retry
+from telephony.sip.transaction import Addr, build_cancel
+
+if TYPE_CHECKING:
+    from telephony.sip.ua import UserAgent
+
+log = logging.getLogger(__name__)
+
+OUTBOUND_USER_AGENT = "Switchboard/0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class SipTrunk:
+    """A carrier or PBX we place calls through."""
+
+    name: str
+    host: str
+    port: int = 5060
+    transport: str = "UDP"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    realm: str | None = None
+    from_uri: str | None = None  # e.g. "<sip:+15550100000@carrier.example>"; default: our own address
+
+    @property
+    def credentials(self) -> Credentials | None:
+        if self.username is None or self.password is None:
+            return None
+        return Credentials(self.username, self.password, self.realm)
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationConfig:
+    """One binding to keep at a registrar (the agent as an extension on a PBX)."""
+
+    registrar: str  # sip URI, e.g. "sip:pbx.example.com"
+    aor: str  # e.g. "sip:1001@pbx.example.com"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    realm: str | None = None
+    expires: int = 3600
+    transport: str = "UDP"
+    proxy: Addr | None = None  # send the REGISTER here instead of the registrar's host:port
+
+    @property
+    def credentials(self) -> Credentials | None:
+        if self.username is None or self.password is None:
+            return None
+        return Credentials(self.username, self.password, self.realm)
+
+
+class OutboundMixin:
+    """The client half of UserAgent; the attributes and methods below are provided by UserAgent."""
+
+    advertised_host: str
+    user: str
+    trunks: dict[str, SipTrunk]
+    registration_configs: list[RegistrationConfig]
+    calls: dict[str, SipCall]
+    _pool: RtpPortPool
+    _clock: MediaClock
+    _bind_host: str
+
+    if TYPE_CHECKING:
+
+        async def transact(
+            self,
+            request: SipRequest,
+            dest: Addr,
+            transport: str,
+            on_provisional: Callable[[SipResponse], None] | None = None,
+        ) -> SipResponse: ...
+
+        def contact(self, transport: str) -> str: ...
+
+        def sent_by(self, transport: str) -> Addr: ...
+
+        def _now(self) -> float: ...
+
+        def _register_call(self, call: SipCall) -> None: ...
+
+        def _send_raw(self, data: bytes, dest: Addr, transport: str) -> None: ...
+
+        def _spawn(self, coro: Awaitable[None]) -> None: ...
+
+        def _media_stream(
+            self, negotiated: NegotiatedMedia, box: list[SipCall]
+        ) -> Callable[[], RtpStream]: ...
+
+        def _apply_media(
+            self, call: SipCall, negotiated: NegotiatedMedia, previous: NegotiatedMedia | None
+        ) -> None: ...
+
+        async def send_bye(
+            self, call: SipCall, reason: str = "bye", *, reason_header: str | None = None
+        ) -> None: ...
+
+    def __init__(self) -> None:
+        self.registrations: list[Registration] = []
+        self._registration_tasks: list[tuple[Registration, Addr, asyncio.Task[None]]] = []
+
+    # --- requests that may be challenged ------------------------------------------------------------------
+    async def exchange_authorized(
+        self,
+        request: SipRequest,
+        dest: Addr,
+        transport: str,
+        authenticator: DigestAuthenticator | None,
+        on_provisional: Callable[[SipResponse], None] | None = None,
+    ) -> tuple[SipRequest, SipResponse]:
+        """Send `request`, answering 401/407 challenges; returns the request that got the final response."""
+        while True:
+            response = await self.transact(request, dest, transport, on_provisional)
+            if response.status not in (401, 407) or authenticator is None:
+                return request, response
+            retried = authenticator.authorize(request, response)
+            if retried is None:
+                return request, response  # wrong credentials or a realm we have none for: give up
+            request = retried
+
+    async def transact_authorized(
+        self,
+        request: SipRequest,
+        dest: Addr,
+        transport: str,
+        authenticator: DigestAuthenticator | None = None,
+    ) -> SipResponse:
+        _, response = await self.exchange_authorized(request, dest, transport, authenticator)
+        return response
+
+    async def cancel_request(self, invite: SipRequest, dest: Addr, transport: str) -> None:
+        """CANCEL a pending INVITE (9.1); its 487 ends the INVITE's own transaction."""
+        with contextlib.suppress(CallFailed):
+            await self.transact(build_cancel(invite), dest, transport)
+
+    # --- outgoing calls -----------------------------------------------------------------------------------
+    async def invite(
+        self,
+        target: str,
+        *,
+        from_uri: str | None = None,
+        peer: Addr | None = None,
+        credentials: Credentials | None = None,
+        transport: str | None = None,
+        trunk: str | None = None,
+    ) -> SipCall:
+        """Place a call; returns once it is answered and ACKed. Raises CallFailed or ValueError."""
+        if trunk is not None:
+            if trunk not in self.trunks:
+                raise ValueError(f"no trunk named {trunk!r}")
+            config = self.trunks[trunk]
+            if not target.lower().startswith(("sip:", "sips:", "tel:")):
+                target = f"sip:{target}@{config.host}"  # a bare number dialled through the trunk
+            peer = peer or (config.host, config.port)
+            transport = transport or config.transport
+            credentials = credentials or config.credentials
+            from_uri = from_uri or config.from_uri
+        try:
+            uri = SipUri.parse(target)
+        except SipParseError as exc:
+            raise ValueError(f"not a SIP URI: {target!r} ({exc.reason})") from None
+        transport = (transport or uri.params.get("transport") or "udp").upper()
+        if peer is None:
+            if not uri.host:
+                raise ValueError(f"{target!r} names no host to send to")
+            peer = (uri.host, uri.port or (5061 if transport == "TLS" else 5060))
+        from_uri = from_uri or f"<sip:{self.user}@{self.advertised_host}>"
+        box: list[SipCall] = []
+        # We offer PCMU only: the stream's codec is fixed when its socket opens, before the answer.
+        probe = NegotiatedMedia(peer[0], 9, 0, "PCMU", 101, 20, "sendrecv")
+        _, stream, port = await self._pool.open(self._bind_host, self._media_stream(probe, box))
+        stream.set_direction("recvonly")  # nowhere to send until the answer says where
+        session_id = random.getrandbits(31)
+        offer = build_offer(
+            local_host=self.advertised_host, local_port=port, session_id=session_id, codecs=("PCMU",)
+        )
+        request = self._initial_invite(target, from_uri, transport, bytes(offer))
+        authenticator = DigestAuthenticator(credentials) if credentials is not None else None
+        ringing = False
+
+        def provisional(_: SipResponse) -> None:
+            nonlocal ringing
+            ringing = True
+
+        try:
+            request, response = await self.exchange_authorized(
+                request, peer, transport, authenticator, provisional
+            )
+        except asyncio.CancelledError:
+            stream.close()
+            if ringing:  # 9.1: a CANCEL only once the INVITE got a provisional response
+                self._spawn(self.cancel_request(request, peer, transport))
+            raise
+        except BaseException:
+            stream.close()
+            raise
+        if not 200 <= response.status < 300:
+            stream.close()
+            raise CallFailed(response.status, response.reason)
+        return self._confirm_outbound(
+            request, response, offer, stream, port, session_id, peer, transport, box, authenticator
+        )
+
+    def _initial_invite(self, target: str, from_uri: str, transport: str, body: bytes) -> SipRequest:
+        host, port = self.sent_by(transport)
+        host_text = f"[{host}]" if ":" in host else host
+        headers = Headers()
+        headers.add("Via", f"SIP/2.0/{transport} {host_text}:{port};branch={generate_branch()};rport")
+        headers.add("Max-Forwards", "70")
+        headers.add("From", f"{from_uri};tag={generate_tag()}")
+        headers.add("To", f"<{target}>")
+        headers.add("Call-ID", generate_call_id(self.advertised_host))
+        headers.add("CSeq", f"{random.randint(1, 20000)} INVITE")
+        headers.add("Contact", self.contact(transport))
+        headers.add("User-Agent", OUTBOUND_USER_AGENT)
+        headers.add("Content-Type", "application/sdp")
+        return SipRequest("INVITE", target, headers, body)
+
+    def _confirm_outbound(
+        self,
+        request: SipRequest,
+        response: SipResponse,
+        offer: SessionDescription,
+        stream: RtpStream,
+        port: int,
+        session_id: int,
+        peer: Addr,
+        transport: str,
+        box: list[SipCall],
+        authenticator: DigestAuthenticator | None,
+    ) -> SipCall:
+        try:
+            dialog = Dialog.from_uac(request, response)
+        except DialogError as exc:
+            stream.close()
+            raise CallFailed(502, f"unusable 2xx: {exc.reason}") from None
+        number = int(request.headers["CSeq"].split()[0])
+        probe = NegotiatedMedia(peer[0], 9, 0, "PCMU", 101, 20, "recvonly")
+        call = SipCall(
+            call_id=dialog.call_id,
+            direction="outbound",
+            dialog=dialog,
+            peer_addr=peer,
+            transport=transport,
+            negotiated=probe,
+            media=stream,
+            local_sdp=bytes(offer),
+            invite_cseq=number,
+            media_port=port,
+            session_id=session_id,
+            agent=cast("UserAgent", self),  # the mixin only ever exists as part of a UserAgent
+            authenticator=authenticator,
+        )
+        box.append(call)
+        ack = dialog.create_ack(number, transport=transport, sent_by=self.sent_by(transport))
+        call.ack = bytes(ack)
+        self._register_call(call)
+        self._send_raw(call.ack, peer, transport)
+        try:
+            negotiated = parse_answer(offer, SessionDescription.parse(response.body))
+        except (SdpError, NoCommonCodec) as exc:
+            call.state = "confirmed"
+            self._spawn(self.send_bye(call, "bad-answer"))
+            raise CallFailed(488, f"unusable SDP answer: {exc}") from exc
+        self._apply_media(call, negotiated, previous=probe)
+        call.state = "confirmed"
+        dialog.state = "confirmed"
+        call.confirmed.set()
+        return call
+
+    # --- registrations ------------------------------------------------------------------------------------
+    def start_registrations(self) -> None:
+        for config in self.registration_configs:
+            transport = config.transport.upper()
+            try:
+                aor_user = SipUri.parse(config.aor).user or self.user
+                host, port = self.sent_by(transport)
+                host_text = f"[{host}]" if ":" in host else host
+                suffix = "" if transport == "UDP" else f";transport={transport.lower()}"
+                registration = Registration(
+                    registrar=config.registrar,
+                    aor=config.aor,
+                    contact=f"<sip:{aor_user}@{host_text}:{port}{suffix}>",
+                    credentials=config.credentials,
+                    expires=config.expires,
+                    local_host=host,
+                    local_port=port,
+                    transport=transport,
+                    user_agent=OUTBOUND_USER_AGENT,
+                )
+            except (SipParseError, SipUsageError) as exc:
+                log.error("registration %s not started: %s", config.aor, exc)
+                continue
+            dest = config.proxy or registration.destination
+            task = asyncio.ensure_future(self._keep_registered(registration, dest))
+            self.registrations.append(registration)
+            self._registration_tasks.append((registration, dest, task))
+
+    async def _keep_registered(self, registration: Registration, dest: Addr) -> None:
+        while True:
+            event = await self._register_once(registration, registration.next_request(), dest)
+            if isinstance(event, Registered):
+                log.info("registered %s for %d s", registration.aor, event.expires)
+            elif isinstance(event, Failed):
+                log.warning("registration of %s failed: %s %s", registration.aor, event.status, event.reason)
+            at = registration.refresh_at()
+            if at is None:
+                return
+            await asyncio.sleep(max(0.0, at - self._now()))
+
+    async def _register_once(
+        self, registration: Registration, request: SipRequest, dest: Addr
+    ) -> RegistrationEvent:
+        while True:
+            try:
+                response = await self.transact(request, dest, registration.transport)
+            except CallFailed:
+                return registration.timed_out(self._now())
+            event = registration.handle_response(response, self._now())
+            if not isinstance(event, Challenge | Retry):
+                return event
+            request = event.request
+
+    async def stop_registrations(self) -> None:
+        """Cancel the refresh loops and remove our bindings (REGISTER with Expires: 0), briefly."""
+        for _, _, task in self._registration_tasks:
+            task.cancel()
+        for registration, dest, task in self._registration_tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            if not registration.registered(self._now()) or registration.outstanding is not None:
+                continue
+            with contextlib.suppress(TimeoutError, SipUsageError, CallFailed):
+                await asyncio.wait_for(
+                    self._register_once(registration, registration.unregister(), dest), 2.0
+                )
+        self._registration_tasks.clear()

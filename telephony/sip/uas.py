@@ -1,0 +1,365 @@
+"""The answering half of the user agent (RFC 3261 section 13.3, RFC 3264): INVITE, ACK, re-INVITE, CANCEL.
+
+An INVITE rings for `ring_ms`, gets its RTP port and is answered with SDP (an answer to its offer, or our
+offer when it came without one: the answer then arrives in the ACK). A re-INVITE in the dialog puts the
+media on hold or resumes it, or moves it to a new address; it never changes the codec in use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
+
+from telephony.media import MediaClock, RtpPortPool, RtpStream
+from telephony.sdp import (
+    NegotiatedMedia,
+    NoCommonCodec,
+    SdpError,
+    SessionDescription,
+    build_offer,
+    negotiate_answer,
+    parse_answer,
+)
+from telephony.sip.call import HOLD_ADDRESSES, SipCall
+from telephony.sip.dialog import AnswerRetransmitter, Dialog, DialogError, DialogId, dialog_id_for_request
+from telephony.sip.errors import SipParseError
+from telephony.sip.message import SipRequest, SipResponse, generate_tag, make_response, parse_cseq
+from telephony.sip.transaction import (
+    Addr,
+    RequestReceived,
+    TransactionId,
+    TransactionLayer,
+    response_destination,
+)
+
+if TYPE_CHECKING:
+    from telephony.sip.ua import UserAgent
+
+log = logging.getLogger(__name__)
+
+SERVER = "Switchboard/0.1"
+ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, NOTIFY"
+IncomingCallHandler = Callable[[SipCall], Awaitable[None]]
+
+
+@dataclass(slots=True, eq=False)
+class _Ringing:
+    """An INVITE we have not answered yet (ringing for ring_ms, opening the RTP port)."""
+
+    transaction: TransactionId
+    request: SipRequest
+    source: Addr
+    transport: str
+    dialog: Dialog
+    offer: SessionDescription | None
+    cancelled: bool = False
+
+
+class UasMixin:
+    """INVITE handling of UserAgent; the attributes and methods below are provided by UserAgent."""
+
+    advertised_host: str
+    max_calls: int
+    ring_ms: int
+    rtp_timeout_s: float | None
+    calls: dict[str, SipCall]
+    _pool: RtpPortPool
+    _clock: MediaClock
+    _bind_host: str
+    _layer: TransactionLayer
+    _answers: AnswerRetransmitter
+    _on_call: IncomingCallHandler | None
+    _ringing: dict[TransactionId, _Ringing]
+    _dialogs: dict[DialogId, SipCall]
+
+    if TYPE_CHECKING:
+
+        def _respond(
+            self,
+            transaction: TransactionId,
+            request: SipRequest,
+            status: int,
+            reason: str | None = None,
+            *,
+            to_tag: str | None = None,
+            body: bytes = b"",
+            content_type: str | None = None,
+            extra: list[tuple[str, str]] | None = None,
+        ) -> SipResponse: ...
+
+        def contact(self, transport: str) -> str: ...
+
+        def _now(self) -> float: ...
+
+        def _flush(self) -> None: ...
+
+        def _spawn(self, coro: Awaitable[None]) -> None: ...
+
+        def _register_call(self, call: SipCall) -> None: ...
+
+        def _on_rtp_timeout(self, call: SipCall) -> None: ...
+
+        async def send_bye(
+            self, call: SipCall, reason: str = "bye", *, reason_header: str | None = None
+        ) -> None: ...
+
+    def _on_invite(self, event: RequestReceived) -> None:
+        request, tid = event.request, event.transaction
+        call_id = request.headers["Call-ID"]
+        if call_id in self.calls or any(
+            r.request.headers["Call-ID"] == call_id for r in self._ringing.values()
+        ):
+            self._respond(tid, request, 482)  # 8.2.2.2: the same request forked back to us
+            return
+        if len(self.calls) + len(self._ringing) >= self.max_calls:
+            self._respond(tid, request, 503, extra=[("Retry-After", "5")])  # at once: no 100 first
+            return
+        offer: SessionDescription | None = None
+        if request.body:
+            content_type = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            if content_type != "application/sdp":
+                self._respond(tid, request, 415, extra=[("Accept", "application/sdp")])
+                return
+            try:
+                offer = SessionDescription.parse(request.body)
+                negotiate_answer(offer, local_host=self.advertised_host, local_port=9, session_id=1)
+            except SdpError as exc:
+                self._respond(tid, request, 400, _reason(f"Bad SDP: {exc}"))
+                return
+            except NoCommonCodec:
+                self._respond(tid, request, 488, extra=[("Accept", "application/sdp")])
+                return
+        local_tag = generate_tag()
+        try:
+            dialog = Dialog.from_uas(request, local_tag, local_seq=random.randint(1, 20000))
+        except DialogError as exc:
+            self._respond(tid, request, exc.status, exc.reason)
+            return
+        self._respond(tid, request, 100)
+        self._respond(tid, request, 180, to_tag=local_tag, extra=[("Contact", self.contact(event.transport))])
+        ringing = _Ringing(tid, request, event.source, event.transport, dialog, offer)
+        self._ringing[tid] = ringing
+        self._spawn(self._answer(ringing))
+
+    def _media_stream(self, negotiated: NegotiatedMedia, box: list[SipCall]) -> Callable[[], RtpStream]:
+        def make_stream() -> RtpStream:
+            stream = RtpStream(
+                self._clock,
+                codec=negotiated.codec,
+                payload_type=negotiated.payload_type,
+                telephone_event_pt=negotiated.telephone_event_pt,
+                remote=(negotiated.remote_host, negotiated.remote_port),
+                on_audio=lambda frame: box[0].deliver_audio(frame) if box else None,
+                on_dtmf=lambda digit: box[0].deliver_dtmf(digit) if box else None,
+            )
+            stream.rtp_timeout_s = self.rtp_timeout_s
+            stream.on_timeout = lambda: self._on_rtp_timeout(box[0]) if box else None
+            return stream
+
+        return make_stream
+
+    async def _answer(self, ringing: _Ringing) -> None:
+        if self.ring_ms > 0:
+            await asyncio.sleep(self.ring_ms / 1000)
+        if ringing.cancelled:
+            return
+        request, offer = ringing.request, ringing.offer
+        if offer is not None:
+            _, probe = negotiate_answer(offer, local_host=self.advertised_host, local_port=9, session_id=1)
+        else:
+            # Late offer: we offer PCMU only, because the stream's codec is fixed before the answer arrives.
+            probe = NegotiatedMedia(ringing.source[0], 9, 0, "PCMU", 101, 20, "sendrecv")
+        box: list[SipCall] = []
+        try:
+            _, stream, port = await self._pool.open(self._bind_host, self._media_stream(probe, box))
+        except OSError:
+            self._ringing.pop(ringing.transaction, None)
+            self._respond(ringing.transaction, request, 503, extra=[("Retry-After", "5")])
+            self._flush()
+            return
+        if ringing.transaction not in self._ringing:  # CANCELled while the socket was being opened
+            stream.close()
+            return
+        session_id = random.getrandbits(31)
+        pending: SessionDescription | None = None
+        if offer is not None:
+            local, negotiated = negotiate_answer(
+                offer, local_host=self.advertised_host, local_port=port, session_id=session_id
+            )
+        else:
+            local = build_offer(
+                local_host=self.advertised_host, local_port=port, session_id=session_id, codecs=("PCMU",)
+            )
+            negotiated, pending = probe, local
+            stream.set_direction("recvonly")  # nothing to send to until the ACK brings the answer
+        invite_cseq, _ = parse_cseq(request.headers["CSeq"])
+        call = SipCall(
+            call_id=request.headers["Call-ID"],
+            direction="inbound",
+            dialog=ringing.dialog,
+            peer_addr=response_destination(request, ringing.source, ringing.transport),
+            transport=ringing.transport,
+            negotiated=negotiated,
+            media=stream,
+            local_sdp=bytes(local),
+            invite_cseq=invite_cseq,
+            media_port=port,
+            session_id=session_id,
+            agent=cast("UserAgent", self),  # the mixin only ever exists as part of a UserAgent
+            pending_offer=pending,
+        )
+        box.append(call)
+        if offer is not None:
+            self._apply_media(call, negotiated, previous=None)
+        self._ringing.pop(ringing.transaction, None)
+        ok = self._ok(request, call)
+        if self._layer.state(ringing.transaction) != "proceeding":
+            stream.close()  # the transaction gave up meanwhile (TU guard, transport failure)
+            return
+        self._register_call(call)
+        self._send_ok(ringing.transaction, call, ok)
+        if self._on_call is not None:
+            self._spawn(self._run_handler(call))
+
+    def _ok(self, request: SipRequest, call: SipCall) -> SipResponse:
+        response = make_response(
+            request,
+            200,
+            to_tag=call.local_tag,
+            body=call.local_sdp,
+            content_type="application/sdp",
+            extra=[("Contact", self.contact(call.transport)), ("Allow", ALLOW)],
+        )
+        response.headers.add("Server", SERVER)
+        return response
+
+    def _send_ok(self, tid: TransactionId, call: SipCall, ok: SipResponse) -> None:
+        now = self._now()
+        self._layer.respond(tid, ok, now)
+        number, _ = parse_cseq(ok.headers["CSeq"])
+        # 13.3.1.4: the 2xx is ours to retransmit until the ACK, not the transaction's (RFC 6026).
+        self._answers.start(call.dialog.id, number, bytes(ok), call.peer_addr, call.transport, now)
+        self._flush()
+
+    async def _run_handler(self, call: SipCall) -> None:
+        assert self._on_call is not None
+        await call.confirmed.wait()  # set by the ACK, or by the end of the call (no ACK, BYE, CANCEL)
+        if call.state != "confirmed":
+            return
+        try:
+            await self._on_call(call)
+        finally:
+            if call.state == "confirmed":
+                await self.send_bye(call)
+
+    def _apply_media(
+        self, call: SipCall, negotiated: NegotiatedMedia, previous: NegotiatedMedia | None
+    ) -> None:
+        """Point the stream at what the latest offer/answer says (hold, resume, moved media)."""
+        call.negotiated = negotiated
+        if negotiated.remote_host in HOLD_ADDRESSES or negotiated.remote_port == 0:
+            call.media.set_direction("inactive")
+            return
+        remote = (negotiated.remote_host, negotiated.remote_port)
+        if previous is not None and remote != (previous.remote_host, previous.remote_port):
+            call.media.update_remote(remote)
+        call.media.set_direction(negotiated.direction)
+
+    def _on_ack(self, ack: SipRequest) -> None:
+        try:
+            dialog_id = dialog_id_for_request(ack)
+            number, _ = parse_cseq(ack.headers["CSeq"])
+        except SipParseError:
+            return
+        call = self._dialogs.get(dialog_id) if dialog_id is not None else None
+        if call is None or not self._answers.acknowledge(call.dialog.id, number):
+            return  # a retransmitted ACK, or one for a dialog that is gone
+        if call.pending_offer is not None:
+            offer, call.pending_offer = call.pending_offer, None
+            try:
+                negotiated = parse_answer(offer, SessionDescription.parse(ack.body))
+            except (SdpError, NoCommonCodec) as exc:
+                # 13.3.1.4 / RFC 3264: an unusable answer in the ACK leaves BYE as the only way out.
+                log.info("call %s: unusable answer in ACK (%s); hanging up", call.call_id, exc)
+                call.state = "confirmed"
+                self._spawn(self.send_bye(call, "bad-answer"))
+                return
+            self._apply_media(call, negotiated, previous=call.negotiated)
+        if call.state == "early":
+            call.state = "confirmed"
+            call.dialog.state = "confirmed"
+            call.confirmed.set()
+
+    def _on_reinvite(self, call: SipCall, event: RequestReceived) -> None:
+        request, tid = event.request, event.transaction
+        if call.pending_offer is not None or self._answers.is_pending(call.dialog.id):
+            self._respond(tid, request, 491)  # 14.2: an offer/answer exchange is still open
+            return
+        try:
+            call.dialog.refresh_target(request)
+        except DialogError as exc:
+            self._respond(tid, request, exc.status, exc.reason)
+            return
+        if request.body:
+            try:
+                offer = SessionDescription.parse(request.body)
+                answer, negotiated = self._reanswer(call, offer, call.sdp_version)
+                if bytes(answer) != call.local_sdp:  # RFC 3264 8: a changed description gets a new version
+                    call.sdp_version += 1
+                    answer, negotiated = self._reanswer(call, offer, call.sdp_version)
+            except SdpError as exc:
+                self._respond(tid, request, 400, _reason(f"Bad SDP: {exc}"))
+                return
+            except NoCommonCodec:
+                self._respond(tid, request, 488)  # the call goes on as it was (14.2)
+                return
+            call.local_sdp = bytes(answer)
+            self._apply_media(call, negotiated, previous=call.negotiated)
+        else:
+            call.sdp_version += 1
+            offer = build_offer(
+                local_host=self.advertised_host,
+                local_port=call.media_port,
+                session_id=call.session_id,
+                session_version=call.sdp_version,
+                codecs=(call.negotiated.codec,),
+                telephone_event_pt=call.negotiated.telephone_event_pt or 101,
+            )
+            call.local_sdp = bytes(offer)
+            call.pending_offer = offer
+        self._send_ok(tid, call, self._ok(request, call))
+
+    def _reanswer(
+        self, call: SipCall, offer: SessionDescription, version: int
+    ) -> tuple[SessionDescription, NegotiatedMedia]:
+        # The stream cannot change codec mid-call, so a re-offer must keep the one in use.
+        return negotiate_answer(
+            offer,
+            local_host=self.advertised_host,
+            local_port=call.media_port,
+            session_id=call.session_id,
+            session_version=version,
+            supported=(call.negotiated.codec,),
+        )
+
+    def _on_cancel(self, event: RequestReceived) -> None:
+        request, tid = event.request, event.transaction
+        invite = self._layer.matching_invite(request)
+        if invite is None:
+            self._respond(tid, request, 481)  # 9.2: no transaction to cancel
+            return
+        self._respond(tid, request, 200)
+        ringing = self._ringing.pop(invite, None)
+        if ringing is not None:
+            ringing.cancelled = True
+            invite_request = self._layer.request(invite)
+            if invite_request is not None:
+                self._respond(invite, invite_request, 487, to_tag=ringing.dialog.local_tag)
+
+
+def _reason(text: str) -> str:
+    return " ".join(text.split())[:120]

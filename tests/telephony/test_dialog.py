@@ -1,0 +1,154 @@
+"""RFC 3261 section 12 dialogs: identity, route sets, CSeq ordering, target refresh, 2xx until ACK."""
+
+from __future__ import annotations
+
+import pytest
+
+from telephony.sip.dialog import (
+    AnswerRetransmitter,
+    Dialog,
+    DialogError,
+    DialogId,
+    dialog_id_for_request,
+    dialog_id_for_response,
+)
+from telephony.sip.message import SipRequest, SipResponse, Via, make_response, parse_message
+from telephony.sip.transaction import TimerConfig
+from tests.telephony.sip_samples import load_sip
+
+US = ("198.51.100.1", 5060)
+
+
+def request(data: bytes) -> SipRequest:
+    message = parse_message(data)
+    assert isinstance(message, SipRequest)
+    return message
+
+
+def invite_with_routes(record_routes: list[str], contact: str = "<sip:caller@192.0.2.10:5062>") -> SipRequest:
+    lines = [
+        "INVITE sip:agent@198.51.100.1 SIP/2.0",
+        "Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-d1",
+        *(f"Record-Route: {route}" for route in record_routes),
+        'From: "Caller" <sip:+15550100002@192.0.2.10>;tag=remote-tag',
+        "To: <sip:agent@198.51.100.1>",
+        "Call-ID: dialog-1@test",
+        "CSeq: 10 INVITE",
+        f"Contact: {contact}",
+        "Content-Length: 0",
+    ]
+    return request(("\r\n".join(lines) + "\r\n\r\n").encode())
+
+
+def test_uas_dialog_from_an_invite() -> None:
+    invite = invite_with_routes(["<sip:p1.example;lr>", "<sip:p2.example;lr>"])
+    dialog = Dialog.from_uas(invite, "local-tag", local_seq=500)
+    assert dialog.id == DialogId("dialog-1@test", "local-tag", "remote-tag")
+    assert dialog.remote_target == "sip:caller@192.0.2.10:5062"
+    assert dialog.remote_seq == 10
+    assert dialog.route_set == ["<sip:p1.example;lr>", "<sip:p2.example;lr>"]  # UAS keeps the order
+    bye = dialog.create_request("BYE", transport="UDP", sent_by=US)
+    assert bye.uri == "sip:caller@192.0.2.10:5062"  # loose routing: the remote target
+    assert bye.headers.get_all("Route") == ["<sip:p1.example;lr>", "<sip:p2.example;lr>"]
+    assert bye.headers["CSeq"] == "501 BYE"
+    assert bye.headers["From"] == "<sip:agent@198.51.100.1>;tag=local-tag"
+    assert bye.headers["To"] == '"Caller" <sip:+15550100002@192.0.2.10>;tag=remote-tag'
+    via = Via.parse(bye.headers["Via"])
+    assert (via.host, via.port) == US and (via.branch or "").startswith("z9hG4bK") and "rport" in via.params
+    # Seen from the peer, which receives it, the tags swap places.
+    assert dialog_id_for_request(request(bytes(bye))) == DialogId("dialog-1@test", "remote-tag", "local-tag")
+
+
+def test_uac_dialog_reverses_the_route_set() -> None:
+    invite = request(load_sip("sipp_uac_invite.txt"))
+    response = make_response(
+        invite, 200, to_tag="their-tag", extra=[("Contact", "<sip:pbx@203.0.113.9:5080;transport=udp>")]
+    )
+    response.headers.add("Record-Route", "<sip:edge.example;lr>")
+    response.headers.add("Record-Route", "<sip:core.example;lr>")
+    dialog = Dialog.from_uac(invite, response)
+    assert dialog.state == "confirmed"
+    assert dialog.route_set == ["<sip:core.example;lr>", "<sip:edge.example;lr>"]
+    assert dialog.remote_target == "sip:pbx@203.0.113.9:5080;transport=udp"
+    assert dialog_id_for_response(response) == dialog.id
+    ack = dialog.create_ack(1, transport="UDP", sent_by=US)
+    assert ack.headers["CSeq"] == "1 ACK" and dialog.local_seq == 1  # ACK does not consume a number
+    assert ack.headers.get_all("Route") == dialog.route_set
+
+
+def test_strict_router_gets_the_request_uri_and_the_target_goes_last() -> None:
+    invite = invite_with_routes(["<sip:strict.example>", "<sip:loose.example;lr>"])
+    dialog = Dialog.from_uas(invite, "t", local_seq=1)
+    info = dialog.create_request("INFO", transport="TCP", sent_by=US)
+    assert info.uri == "sip:strict.example"
+    assert info.headers.get_all("Route") == ["<sip:loose.example;lr>", "<sip:caller@192.0.2.10:5062>"]
+    assert info.headers["Via"].startswith("SIP/2.0/TCP ")
+
+
+def test_out_of_order_requests_get_500() -> None:
+    dialog = Dialog.from_uas(invite_with_routes([]), "t", local_seq=1)
+
+    def in_dialog(method: str, cseq: int) -> SipRequest:
+        invite = invite_with_routes([])
+        invite.method = method
+        invite.headers.set("CSeq", f"{cseq} {method}")
+        return invite
+
+    dialog.check_request(in_dialog("INFO", 11))
+    dialog.check_request(in_dialog("ACK", 10))  # ACK and CANCEL do not take part in ordering
+    with pytest.raises(DialogError) as error:
+        dialog.check_request(in_dialog("BYE", 11))
+    assert error.value.status == 500
+    with pytest.raises(DialogError):
+        dialog.check_request(in_dialog("BYE", 3))
+    dialog.check_request(in_dialog("BYE", 12))
+    assert dialog.remote_seq == 12
+
+
+def test_target_refresh_and_bad_contacts() -> None:
+    dialog = Dialog.from_uas(invite_with_routes([]), "t", local_seq=1)
+    reinvite = invite_with_routes([], contact="<sip:caller@192.0.2.99:6000>")
+    dialog.refresh_target(reinvite)
+    assert dialog.remote_target == "sip:caller@192.0.2.99:6000"
+    with pytest.raises(DialogError):
+        Dialog.from_uas(invite_with_routes([], contact="<sip:caller@bad host>"), "t", local_seq=1)
+    with pytest.raises(DialogError):
+        dialog.refresh_target(invite_with_routes([], contact="<http://example.com/>"))
+
+
+def test_response_without_to_tag_cannot_make_a_dialog() -> None:
+    invite = request(load_sip("sipp_uac_invite.txt"))
+    with pytest.raises(DialogError):
+        Dialog.from_uac(invite, make_response(invite, 200))
+
+
+def test_answer_retransmitter_doubles_to_t2_until_ack() -> None:
+    answers = AnswerRetransmitter(TimerConfig())
+    dialog = DialogId("c", "l", "r")
+    answers.start(dialog, 1, b"200", ("192.0.2.10", 5060), "UDP", 0.0)
+    times = []
+    while (deadline := answers.next_timer()) is not None and deadline < 9.0:
+        resend, expired = answers.tick(deadline)
+        assert not expired
+        times += [round(deadline, 3)] * len(resend)
+    assert times == [0.5, 1.5, 3.5, 7.5]
+    assert answers.acknowledge(dialog, 1)
+    assert not answers.acknowledge(dialog, 1)  # a retransmitted ACK
+    assert answers.next_timer() is None and len(answers) == 0
+
+
+def test_answer_retransmitter_gives_up_after_64_t1() -> None:
+    answers = AnswerRetransmitter(TimerConfig())
+    dialog = DialogId("c", "l", "r")
+    answers.start(dialog, 1, b"200", ("192.0.2.10", 5060), "TCP", 0.0)
+    resend, expired = answers.tick(31.9)
+    assert resend == [] and expired == []  # reliable transport: nothing to resend
+    resend, expired = answers.tick(32.0)
+    assert expired == [dialog] and len(answers) == 0
+
+
+def test_responses_copy_dialog_identity() -> None:
+    invite = invite_with_routes([])
+    ok: SipResponse = make_response(invite, 200, to_tag="local")
+    assert dialog_id_for_response(ok) == DialogId("dialog-1@test", "remote-tag", "local")
+    assert dialog_id_for_request(invite) is None
