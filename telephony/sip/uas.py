@@ -296,8 +296,10 @@ class UasMixin:
 
     def _on_reinvite(self, call: SipCall, event: RequestReceived) -> None:
         request, tid = event.request, event.transaction
-        if call.pending_offer is not None or self._answers.is_pending(call.dialog.id):
-            self._respond(tid, request, 491)  # 14.2: an offer/answer exchange is still open
+        if call.pending_offer is not None:
+            # 14.2: our offer (late-offer 200) still waits for its answer in the ACK. A 2xx that merely waits
+            # for its ACK after a completed offer/answer is no reason to refuse (RFC 5407 3.1.5).
+            self._respond(tid, request, 491)
             return
         try:
             call.dialog.refresh_target(request)
