@@ -283,9 +283,6 @@ class AnswerRetransmitter:
         for key in [k for k in self._pending if k[0] == dialog]:
             del self._pending[key]
 
-    def is_pending(self, dialog: DialogId) -> bool:
-        return any(key[0] == dialog for key in self._pending)
-
     def next_timer(self) -> float | None:
         while self._heap:
             deadline, _, key = self._heap[0]
