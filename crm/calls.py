@@ -3,13 +3,34 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from agent.transcript import TurnRecord
 from crm.models import Call, Customer, Turn
+
+# How far along a call is, per status: a callback may only move a call forward. Twilio sends each progress
+# event as its own HTTP request, so they can arrive out of order, and it retries; the ranks make a late
+# `ringing` after `in-progress`, or a second `completed`, change nothing. Final statuses share one rank:
+# the first one reported stands.
+_STATUS_RANK = {
+    "queued": 0,
+    "initiated": 0,
+    "ringing": 1,
+    "in-progress": 2,
+    "completed": 3,
+    "busy": 3,
+    "no-answer": 3,
+    "failed": 3,
+    "canceled": 3,
+}
+FINAL_RANK = 3
+
+_T = TypeVar("_T")
 
 
 def _utc_now() -> dt.datetime:
@@ -22,11 +43,21 @@ class CallLog:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
 
+    def _write_call(self, work: Callable[[Session], _T]) -> _T:
+        """Run `work` in a transaction, once more if a concurrent writer inserted the same call first."""
+        try:
+            with self._sessions.begin() as session:
+                return work(session)
+        except IntegrityError:
+            with self._sessions.begin() as session:
+                return work(session)
+
     def start_call(
         self, call_id: str, *, from_number: str, to_uri: str, customer_id: int | None, transport: str
     ) -> None:
-        with self._sessions.begin() as session:
-            if session.get(Call, call_id) is None:
+        def work(session: Session) -> None:
+            call = session.get(Call, call_id)
+            if call is None:
                 session.add(
                     Call(
                         id=call_id,
@@ -35,8 +66,20 @@ class CallLog:
                         customer_id=customer_id,
                         transport=transport,
                         started_at=_utc_now(),
+                        status="in-progress",
+                        status_at=_utc_now(),
                     )
                 )
+                return
+            # A status callback (or the voice webhook) may have created the row before the agent started.
+            if call.customer_id is None:
+                call.customer_id = customer_id
+            call.from_number = call.from_number or from_number
+            call.to_uri = call.to_uri or to_uri
+            call.transport = transport
+            _advance(call, "in-progress", _utc_now())
+
+        self._write_call(work)
 
     def add_turn(self, call_id: str, turn: TurnRecord) -> None:
         with self._sessions.begin() as session:
@@ -57,9 +100,66 @@ class CallLog:
     def end_call(self, call_id: str, hangup_by: str | None) -> None:
         with self._sessions.begin() as session:
             call = session.get(Call, call_id)
-            if call is not None and call.ended_at is None:
+            if call is None:
+                return
+            # Twilio's `completed` callback can come first and set ended_at; who hung up is only known here.
+            if call.ended_at is None:
                 call.ended_at = _utc_now()
+            if call.hangup_by is None:
                 call.hangup_by = hangup_by
+            _advance(call, "completed", call.ended_at)
+
+    def record_status(
+        self,
+        call_id: str,
+        status: str,
+        *,
+        from_number: str | None = None,
+        to: str | None = None,
+        direction: str | None = None,
+        duration_s: int | None = None,
+        answered_by: str | None = None,
+        at: dt.datetime | None = None,
+    ) -> bool:
+        """Record a carrier status report (Twilio status callback); True if it changed the call.
+
+        Idempotent and order-insensitive: see `_STATUS_RANK`. A report about a call we have not seen yet
+        (an outbound call ringing, or a callback ahead of the media stream) creates its row.
+        """
+        if status not in _STATUS_RANK:
+            raise ValueError(f"unknown call status {status!r}")
+        moment = at or _utc_now()
+
+        def work(session: Session) -> bool:
+            call = session.get(Call, call_id)
+            if call is None:
+                call = Call(
+                    id=call_id,
+                    from_number=from_number or "",
+                    to_uri=to or "",
+                    transport="twilio",
+                    started_at=moment,
+                    direction=direction,
+                )
+                session.add(call)
+            changed = False
+            if direction and call.direction is None:
+                call.direction = direction
+                changed = True
+            if answered_by and call.answered_by is None:
+                call.answered_by = answered_by
+                changed = True
+            if duration_s is not None and call.duration_s is None:
+                call.duration_s = duration_s
+                changed = True
+            if _advance(call, status, moment):
+                changed = True
+                if _STATUS_RANK[status] == FINAL_RANK and call.ended_at is None:
+                    # The carrier says the call is over; the media side records who hung up, if it ran.
+                    call.ended_at = moment
+            return changed
+
+        return self._write_call(work)
 
     def transcript(self, call_id: str) -> dict[str, Any] | None:
         with self._sessions() as session:
@@ -77,6 +177,10 @@ class CallLog:
                 "started_at": call.started_at.isoformat(),
                 "ended_at": call.ended_at.isoformat() if call.ended_at else None,
                 "hangup_by": call.hangup_by,
+                "status": call.status,
+                "direction": call.direction,
+                "duration_s": call.duration_s,
+                "answered_by": call.answered_by,
                 "turns": [
                     {
                         "index": t.index,
@@ -89,3 +193,13 @@ class CallLog:
                     for t in turns
                 ],
             }
+
+
+def _advance(call: Call, status: str, at: dt.datetime) -> bool:
+    """Move the call to `status` if that is progress; False (and no change) otherwise."""
+    current = _STATUS_RANK.get(call.status, -1) if call.status is not None else -1
+    if _STATUS_RANK[status] <= current:
+        return False
+    call.status = status
+    call.status_at = at
+    return True

@@ -47,6 +47,18 @@ BOOKING_STATUSES = ("held", "confirmed", "cancelled", "needs_review")
 SPEAKERS = ("caller", "agent")
 HANGUP_PARTIES = ("caller", "agent")
 TRANSPORTS = ("sip", "twilio")
+# Twilio's CallStatus values (plus `initiated`, the first progress event); SIP calls use the same words.
+CALL_STATUSES = (
+    "queued",
+    "initiated",
+    "ringing",
+    "in-progress",
+    "completed",
+    "busy",
+    "no-answer",
+    "failed",
+    "canceled",
+)
 
 
 def utc_now() -> dt.datetime:
@@ -203,6 +215,7 @@ class Call(Base):
         CheckConstraint(
             f"hangup_by IS NULL OR {_one_of('hangup_by', HANGUP_PARTIES)}", name="hangup_by_known"
         ),
+        CheckConstraint(f"status IS NULL OR {_one_of('status', CALL_STATUSES)}", name="status_known"),
     )
 
     id: Mapped[str] = mapped_column(String(255), primary_key=True)  # SIP Call-ID (or Twilio CallSid)
@@ -213,6 +226,12 @@ class Call(Base):
     ended_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     hangup_by: Mapped[str | None] = mapped_column(String(16))
     transport: Mapped[str] = mapped_column(String(16), default="sip", server_default="sip")
+    # Progress as the carrier reports it (Twilio status callbacks); only ever moves forward.
+    status: Mapped[str | None] = mapped_column(String(16))
+    status_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    direction: Mapped[str | None] = mapped_column(String(16))  # inbound, outbound-api, outbound-dial
+    duration_s: Mapped[int | None] = mapped_column(Integer)  # Twilio's CallDuration, once completed
+    answered_by: Mapped[str | None] = mapped_column(String(32))  # answering machine detection result
 
 
 class Turn(Base):

@@ -45,7 +45,7 @@ def test_upgrade_creates_schema_and_downgrade_removes_it(empty_database_url: str
 
     upgrade_to_head(empty_database_url)
     assert _tables(empty_database_url) == EXPECTED_TABLES | {"alembic_version"}
-    assert current_revision(empty_database_url) == head_revision() == "0001"
+    assert current_revision(empty_database_url) == head_revision() == "0002"
 
     engine = create_engine_for(empty_database_url)
     try:
@@ -109,5 +109,5 @@ def test_alembic_command_line_takes_url_from_environment(tmp_path: Path) -> None
         check=False,
     )
     assert completed.returncode == 0, completed.stderr
-    assert current_revision(f"sqlite:///{database}") == "0001"
+    assert current_revision(f"sqlite:///{database}") == "0002"
     assert _tables(f"sqlite:///{database}") >= EXPECTED_TABLES

@@ -1,0 +1,1 @@
+"""Twilio Programmable Voice: Media Streams in and out of the agent, webhooks, signatures, call control."""
