@@ -61,6 +61,12 @@ class SessionTimings:
     reprompt_after_s: float = 6.0
 
 
+NO_ONE_AVAILABLE = (
+    "I'm sorry, no one from our team can take the call right now. "
+    "We'll call you back as soon as we can. Goodbye."
+)
+
+
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
@@ -81,8 +87,10 @@ class CallSession:
         transcript: TranscriptSink,
         executor: Executor,
         timings: SessionTimings = SessionTimings(),
+        escalation_target: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._escalation_target = escalation_target
         self.call_id = call_id
         self._transport = transport
         self._policy = policy
@@ -196,10 +204,21 @@ class CallSession:
             self._transport.play(pcm)
         await self._transport.wait_drained()
         self._last_activity = self._clock()
-        if reply.hangup or reply.transfer:
-            # Transfer to a human arrives with SIP REFER / Twilio <Dial>; until then we end politely.
-            if reply.transfer:
-                self._enter(CallState.TRANSFERRING)
+        if reply.transfer:
+            self._enter(CallState.TRANSFERRING)
+            target = self._escalation_target
+            if target is not None and await self._transport.transfer(target):
+                self._enter(CallState.ENDED)
+                return False
+            # Nobody to hand over to: say so rather than leave the caller in silence, then end.
+            await self._record(TurnRecord("agent", NO_ONE_AVAILABLE, "transfer_failed"))
+            pcm = await loop.run_in_executor(self._executor, self._synth.synthesize_8k, NO_ONE_AVAILABLE)
+            self._transport.play(pcm)
+            await self._transport.wait_drained()
+            await self._transport.hangup()
+            self._enter(CallState.ENDED)
+            return False
+        if reply.hangup:
             await self._transport.hangup()
             self._enter(CallState.ENDED)
             return False

@@ -22,6 +22,9 @@ class CallTransport(Protocol):
     async def hangup(self) -> None:
         """End the call from the agent's side."""
 
+    async def transfer(self, target: str) -> bool:
+        """Hand the caller to a human at `target` ("sip:...", "tel:+1...", "queue:NAME"); False on failure."""
+
     @property
     def frames_played(self) -> int:
         """Agent speech frames actually sent so far: what the caller can have heard."""

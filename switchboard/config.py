@@ -125,6 +125,8 @@ class Settings(BaseSettings):
     # Silence after speech that ends a caller turn.
     endpoint_hangover_ms: int = Field(400, ge=100, le=3000)
     reprompt_after_s: float = Field(6.0, gt=0)
+    # Where "talk to a person" goes: sip:..., tel:+1..., or queue:NAME (Twilio). Unset: the agent apologises.
+    escalation_target: str | None = None
     tts_voice: str = "en-us"
     tts_rate_wpm: int = Field(175, ge=80, le=450)
     log_level: str = "INFO"

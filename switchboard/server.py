@@ -163,6 +163,7 @@ class Switchboard:
                 endpoint_hangover_ms=self.settings.endpoint_hangover_ms,
                 reprompt_after_s=self.settings.reprompt_after_s,
             ),
+            escalation_target=self.settings.escalation_target,
         )
         attach(session)
         self.sessions[call_id] = session

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 
 from telephony.media import MediaClock
-from telephony.twilio.control import TwilioCallControl
+from telephony.twilio.control import CallControlError, TwilioCallControl
 from telephony.twilio.stream import (
     FRAME_MS,
     DtmfReceived,
@@ -40,7 +40,7 @@ from telephony.twilio.stream import (
     StreamStarted,
     StreamStopped,
 )
-from telephony.twilio.twiml import TransferTarget
+from telephony.twilio.twiml import TransferTarget, transfer_target
 
 if sys.version_info < (3, 13):
     with warnings.catch_warnings():
@@ -49,7 +49,7 @@ if sys.version_info < (3, 13):
 else:  # pragma: no cover - exercised on 3.13+ only
     import audioop
 
-__all__ = ["TransferUnavailable", "TwilioCall"]
+__all__ = ["TwilioCall"]
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +61,6 @@ MARK_GRACE_S = 1.0
 
 AudioSink = Callable[[bytes], None]
 DtmfSink = Callable[[str], None]
-
-
-class TransferUnavailable(Exception):
-    """transfer() on a call without Twilio REST credentials (TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN)."""
 
 
 class TwilioCall:
@@ -174,17 +170,28 @@ class TwilioCall:
             await self._close()
 
     # --- beyond CallTransport -----------------------------------------------------------------------
-    async def transfer(self, target: TransferTarget, *, announcement: str | None = None) -> None:
-        """Hand the caller to a human via the REST API; Twilio then stops the stream."""
+    async def transfer(self, target: str | TransferTarget, *, announcement: str | None = None) -> bool:
+        """Hand the caller to a human via the REST API (Twilio then stops the stream); False on failure."""
         if self._control is None:
-            raise TransferUnavailable("no Twilio REST credentials configured")
+            log.warning("call %s: transfer impossible: no Twilio REST credentials configured", self.call_sid)
+            return False
+        try:
+            resolved = transfer_target(target) if isinstance(target, str) else target
+        except ValueError as exc:
+            log.warning("call %s: %s", self.call_sid, exc)
+            return False
         control = self._control
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(
-            self._executor, lambda: control.transfer(self.call_sid, target, announcement=announcement)
-        )
-        self.transferred_to = target
+        try:
+            await loop.run_in_executor(
+                self._executor, lambda: control.transfer(self.call_sid, resolved, announcement=announcement)
+            )
+        except CallControlError as exc:
+            log.warning("call %s: transfer to %s failed: %s", self.call_sid, target, exc)
+            return False
+        self.transferred_to = resolved
         self.hangup_by = "agent"
+        return True
 
     # --- from the WebSocket -------------------------------------------------------------------------
     def on_event(self, event: MediaStreamEvent) -> None:

@@ -62,6 +62,19 @@ class EnqueueCaller:
 TransferTarget = DialNumber | DialSip | DialQueue | EnqueueCaller
 
 
+def transfer_target(text: str) -> TransferTarget:
+    """The transport-neutral escalation target ("sip:...", "tel:+1...", "+1...", "queue:NAME") as TwiML."""
+    value = text.strip()
+    if value.startswith(("sip:", "sips:")):
+        return DialSip(value)
+    if value.startswith("queue:"):
+        return EnqueueCaller(value.removeprefix("queue:"))
+    number = value.removeprefix("tel:")
+    if not number.lstrip("+").isdigit():
+        raise ValueError(f"not a transfer target: {text!r} (use sip:..., tel:+1..., or queue:NAME)")
+    return DialNumber(number)
+
+
 def stream_twiml(stream_url: str, parameters: Mapping[str, str]) -> str:
     if "?" in stream_url:
         raise ValueError("a <Stream> URL cannot carry a query string; pass <Parameter>s instead")

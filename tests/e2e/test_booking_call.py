@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import subprocess
+import urllib.parse
+import urllib.request
 
 import sqlalchemy as sa
 
@@ -72,3 +74,33 @@ def test_marcus_books_an_oil_change(server: RunningServer) -> None:
     start, status = rows[0]
     assert status == "confirmed"
     assert dt.datetime.fromisoformat(str(start)) == dt.datetime.combine(day, dt.time(10, 0))
+
+
+def test_asking_for_a_person_without_anyone_to_take_it_ends_politely(server: RunningServer) -> None:
+    completed = subprocess.run(
+        [
+            *switchboard_command(),
+            "call",
+            server.sip_uri,
+            "--from",
+            "+15550100003",
+            "--say",
+            "can I talk to a person please",
+            "--api",
+            server.api,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr + server.log()
+    result = json.loads(completed.stdout)
+    assert result["hangup"] == "agent", result
+    url = f"{server.api}/api/calls/{urllib.parse.quote(result['call_id'])}"
+    with urllib.request.urlopen(url) as response:
+        transcript = json.load(response)
+    agent_lines = [turn["text"] for turn in transcript["turns"] if turn["speaker"] == "agent"]
+    assert any(turn["intent"] == "transfer_failed" for turn in transcript["turns"]), agent_lines
+    assert "no one from our team" in agent_lines[-1]
+    assert transcript["hangup_by"] == "agent"
