@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = commands.add_parser("migrate", help="upgrade the database to the newest schema")
     migrate.set_defaults(handler=_migrate)
+
+    from switchboard.bench import add_bench_commands
+
+    add_bench_commands(commands)
     return parser
 
 

@@ -184,6 +184,36 @@ class RtpSender:
         self.octets_sent += len(payload)
         return packet
 
+    def packet_bytes(self, payload: bytes, samples: int, marker: bool = False) -> bytes:
+        """`bytes(packetize(...))` without building an RtpPacket: the per-tick path of every call."""
+        data = (
+            _HEADER.pack(
+                0x80,
+                self.payload_type | (0x80 if marker else 0),
+                self.sequence_number,
+                self.timestamp,
+                self.ssrc,
+            )
+            + payload
+        )
+        self.sequence_number = (self.sequence_number + 1) & 0xFFFF
+        self.timestamp = (self.timestamp + samples) & 0xFFFFFFFF
+        self.packets_sent += 1
+        self.octets_sent += len(payload)
+        return data
+
+    def event_packet_bytes(self, payload_type: int, timestamp: int, payload: bytes, marker: bool) -> bytes:
+        """A packet stamped with an earlier timestamp, as every packet of one RFC 4733 event is.
+
+        Only the sequence number advances; the caller keeps the sampling clock going with `skip()`.
+        """
+        second = payload_type | (0x80 if marker else 0)
+        data = _HEADER.pack(0x80, second, self.sequence_number, timestamp, self.ssrc) + payload
+        self.sequence_number = (self.sequence_number + 1) & 0xFFFF
+        self.packets_sent += 1
+        self.octets_sent += len(payload)
+        return data
+
     def skip(self, samples: int) -> None:
         """Account for time in which nothing was sent (silence suppression): the timestamp still advances."""
         self.timestamp = (self.timestamp + samples) & 0xFFFFFFFF

@@ -1,0 +1,85 @@
+"""`switchboard bench ...`: capacity figures printed as JSON lines (benchmarks, not tests)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def add_bench_commands(commands: Any) -> None:
+    """Register `bench` and its subcommands on the top-level subparsers object."""
+    bench = commands.add_parser("bench", help="run a capacity benchmark and print JSON figures")
+    kinds = bench.add_subparsers(dest="bench", required=True)
+    media = kinds.add_parser(
+        "media", help="N concurrent RTP calls through our media path against a load generator process"
+    )
+    media.add_argument(
+        "--calls",
+        type=_counts,
+        action="extend",
+        required=True,
+        help="concurrent calls; repeat or give a comma list (e.g. 100,300,500,1000)",
+    )
+    media.add_argument("--seconds", type=float, default=30.0, help="measurement window per N (default 30)")
+    media.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring (default 2)")
+    media.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    media.add_argument(
+        "--reader",
+        choices=("epoll", "endpoints"),
+        default="epoll",
+        help="read RTP through one epoll set (default) or one asyncio endpoint per socket",
+    )
+    media.add_argument(
+        "--phases", type=int, default=1, help="media clock timers spread over the 20 ms (default 1)"
+    )
+    media.add_argument("--ports", default="50000-54999", help="UDP port range for the calls' RTP/RTCP")
+    media.set_defaults(handler=_bench_media)
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of call counts: {text!r}") from None
+    if not counts or any(n < 1 for n in counts):
+        raise argparse.ArgumentTypeError(f"call counts must be positive: {text!r}")
+    return counts
+
+
+def _bench_media(args: argparse.Namespace) -> int:
+    try:
+        from bench.media import as_json, run_media_bench
+    except ImportError as exc:  # bench/ sits beside the packages; run from the project root
+        print(
+            f"switchboard bench: {exc} (run `python -m switchboard bench` from the project root)",
+            file=sys.stderr,
+        )
+        return 1
+    low, _, high = args.ports.partition("-")
+    if not (low.isdigit() and high.isdigit()):
+        print(f"switchboard bench media: --ports wants LOW-HIGH, not {args.ports!r}", file=sys.stderr)
+        return 2
+    ports = (int(low), int(high))
+    use_uvloop = args.loop == "uvloop"
+    best: int | None = None
+    for calls in args.calls:
+        try:
+            result = run_media_bench(
+                calls,
+                args.seconds,
+                warmup=args.warmup,
+                use_uvloop=use_uvloop,
+                shared_reader=args.reader == "epoll",
+                phases=args.phases,
+                ports=ports,
+            )
+        except OSError as exc:
+            print(f"switchboard bench media: {exc}", file=sys.stderr)
+            return 1
+        print(json.dumps(as_json(result)), flush=True)
+        if result.met_target:
+            best = max(best or 0, calls)
+    print(json.dumps({"largest_calls_meeting_target": best}))
+    return 0
