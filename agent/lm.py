@@ -16,7 +16,7 @@ import math
 import random
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
@@ -42,10 +42,10 @@ Smoothing = Literal["kneser_ney", "witten_bell"]
 
 _CORPUS_SEED: Final = 20261121
 _ONES: Final = (
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-    "sixteen seventeen eighteen nineteen"
-).split()
-_TENS: Final = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+    "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
+)  # fmt: skip
+_TENS: Final = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
 _DIGITS_OH: Final = ("oh", *_ONES[1:10])
 
 
@@ -83,8 +83,9 @@ _GENERIC_RULES: Final[Mapping[str, str]] = {
     "hour": "one | two | three | four | five | six | seven | eight | nine | ten | eleven | twelve",
     "minute": "oh five | ten | fifteen | twenty | twenty five | thirty | thirty five | forty | forty five "
     "| fifty | fifty five",
-    "clock": "<hour> | <hour> <minute> | <hour> o'clock | <hour> (a.m. | p.m.) | <hour> <minute> (a.m. | p.m.) "
-    "| half past <hour> | quarter past <hour> | quarter to <hour> | noon | midday",
+    "clock": "<hour> | <hour> <minute> | <hour> o'clock | <hour> (a.m. | p.m.) "
+    "| <hour> <minute> (a.m. | p.m.) | half past <hour> | quarter past <hour> | quarter to <hour> "
+    "| noon | midday",
     "period": "in the morning | in the afternoon | in the evening | morning | afternoon",
     "weekday": "monday | tuesday | wednesday | thursday | friday | saturday | sunday",
     "month": "january | february | march | april | may | june | july | august | september | october "
@@ -95,9 +96,11 @@ _GENERIC_RULES: Final[Mapping[str, str]] = {
     "| twenty sixth | twenty seventh | twenty eighth | twenty ninth | thirtieth | thirty first",
     "day": "today | tomorrow | the day after tomorrow | [on] <weekday> | next <weekday> | this <weekday> "
     "| this coming <weekday> | next week | later today | tomorrow morning | tomorrow afternoon "
-    "| [on] the <ordinal> | [on] <month> <ordinal> | [on] <month> the <ordinal> | [on] <weekday> the <ordinal>",
-    "when": "<day> | <day> at <clock> | <day> at <clock> <period> | <day> [<hes>] at <clock> [<hes>] <period> "
-    "| at <clock> | at <clock> <period> | <day> <period> | <period> | <clock> | <clock> <period> "
+    "| [on] the <ordinal> | [on] <month> <ordinal> | [on] <month> the <ordinal> "
+    "| [on] <weekday> the <ordinal>",
+    "when": "<day> | <day> at <clock> | <day> at <clock> <period> "
+    "| <day> [<hes>] at <clock> [<hes>] <period> | at <clock> | at <clock> <period> | <day> <period> "
+    "| <period> | <clock> | <clock> <period> "
     "| [<day>] (around | about | after | before) <clock> [<period>] | <day> (any time | sometime) [<period>]",
     "yes": "yes | yeah | yep | yes please | yeah sure | sure | correct | that's correct | that's right "
     "| yeah that's right | yes that's right | yes that's correct | right | okay | sounds good | perfect "
@@ -123,19 +126,20 @@ _TEMPLATES: Final[tuple[tuple[str, int], ...]] = (
     ("[<opener>] i need <a_service> [<when>] [<closer>]", 250),
     ("[<opener>] (book | schedule) me (in | in for | for) <a_service> [<when>] [<closer>]", 150),
     (
-        "[<opener>] <request> (get | have) (my | the) <item> (checked | looked at | done | changed | replaced "
-        "| fixed) [<when>] [<closer>]",
+        "[<opener>] <request> (get | have) (my | the) <item> "
+        "(checked | looked at | done | changed | replaced | fixed) [<when>] [<closer>]",
         400,
     ),
     ("[<opener>] <request> (make | book) an appointment [for <a_service>] [<when>] [<closer>]", 250),
     (
-        "[<opener>] do you have (anything | any openings | any availability | a slot | time) [for <a_service>] "
-        "<when>",
+        "[<opener>] do you have (anything | any openings | any availability | a slot | time) "
+        "[for <a_service>] <when>",
         200,
     ),
     ("[<opener>] [<hes>] <when> [<closer>]", 1100),
     (
-        "(how about | what about | can you do | is | could you do | does) <when> [work | (work | okay) for you]",
+        "(how about | what about | can you do | is | could you do | does) <when> "
+        "[work | (work | okay) for you]",
         250,
     ),
     ("[<opener>] (i'm | i am) (free | available) <when>", 100),
@@ -162,8 +166,8 @@ _TEMPLATES: Final[tuple[tuple[str, int], ...]] = (
     ("[<opener>] how much do you charge for [a | an | the] (<product> | <service>)", 120),
     ("[<opener>] what's the status of (my order | order <order> | my order <order>)", 250),
     (
-        "[<opener>] (i'm calling about | i'm checking on | can you check | could you check | i have a question "
-        "about) [my] order [number] <order>",
+        "[<opener>] (i'm calling about | i'm checking on | can you check | could you check "
+        "| i have a question about) [my] order [number] <order>",
         250,
     ),
     ("[<opener>] (where is | has) my order [<order>] [arrived | shipped | come in]", 100),
@@ -351,16 +355,28 @@ def domain_corpus(vocab: DomainVocabulary) -> list[str]:
     return sentences
 
 
+_LEADING_PARTS: Final = re.compile(r"^(?:\[<(?:opener|hes)>\]\s*)+")
+_TRAILING_PARTS: Final = re.compile(r"(?:\s*(?:\[<(?:when|closer)>\]|<when>))+$")
+
+
 def domain_grammar(vocab: DomainVocabulary) -> str:
-    """The same templates as a JSGF grammar whose public rule is <utterance>."""
+    """The templates as a JSGF grammar whose public rule is <utterance>.
+
+    pocketsphinx expands every rule reference in place, and <when> alone is thousands of paths: written
+    template by template the grammar became a 400k-node search graph (2 s to load, ~100 MB and seconds of
+    CPU per utterance). So the opener and the trailing <when> / <closer> are factored out of the
+    templates into one shared frame, which accepts slightly more than the templates do.
+    """
+    cores = sorted({_TRAILING_PARTS.sub("", _LEADING_PARTS.sub("", template)) for template, _ in _TEMPLATES})
     lines = ["#JSGF V1.0;", "grammar switchboard;", ""]
-    template_refs = []
-    for index, (template, _count) in enumerate(_TEMPLATES):
-        lines.append(f"<template{index}> = {template};")
-        template_refs.append(f"<template{index}>")
+    core_refs = []
+    for index, core in enumerate(c for c in cores if c):
+        lines.append(f"<core{index}> = {core};")
+        core_refs.append(f"<core{index}>")
     for name, expression in sorted(_rule_expressions(vocab).items()):
         lines.append(f"<{name}> = {expression};")
-    lines.append(f"public <utterance> = {' | '.join(template_refs)};")
+    frame = f"[<opener>] [<hes>] ({' | '.join(core_refs)}) [<when>] [<closer>]"
+    lines.append(f"public <utterance> = {frame} | <when> [<closer>];")
     return "\n".join(lines) + "\n"
 
 
@@ -492,18 +508,12 @@ def arpabet_from_ipa(ipa: str) -> tuple[str, ...] | None:
     phones: list[str] = []
     position = 0
     while position < len(symbols):
-        two, one = (
-            _IPA_TO_ARPABET.get(symbols[position : position + 2]),
-            _IPA_TO_ARPABET.get(symbols[position]),
-        )
-        if two is not None:
-            phones.extend(two)
-            position += 2
-        elif one is not None:
-            phones.extend(one)
-            position += 1
-        else:
+        width = 2 if symbols[position : position + 2] in _IPA_TO_ARPABET else 1
+        mapped = _IPA_TO_ARPABET.get(symbols[position : position + width])
+        if mapped is None:
             return None
+        phones.extend(mapped)
+        position += width
     return tuple(phones) or None
 
 
@@ -528,10 +538,10 @@ def build_lexicon(words: Iterable[str], cmudict: Path) -> Lexicon:
     found: defaultdict[str, list[tuple[str, ...]]] = defaultdict(list)
     with cmudict.open(encoding="utf-8") as lines:
         for line in lines:
-            head, _, phones = line.partition(" ")
+            head, _, cmu_phones = line.partition(" ")
             word = head.split("(", 1)[0]
             if word in wanted:
-                found[word].append(tuple(phones.split()))
+                found[word].append(tuple(cmu_phones.split()))
     derived: list[str] = []
     dropped: list[str] = []
     missing = sorted(wanted - found.keys())
@@ -539,11 +549,11 @@ def build_lexicon(words: Iterable[str], cmudict: Path) -> Lexicon:
         from agent.tts import TtsError, phonemes_ipa  # only needed for words CMUdict lacks
 
         for word in missing:
+            phones: tuple[str, ...] | None = None
             try:
                 phones = arpabet_from_ipa(phonemes_ipa(word))
             except TtsError as exc:
                 log.warning("cannot derive a pronunciation for %r: %s", word, exc)
-                phones = None
             if phones is None:
                 log.warning("dropping %r from the speech model: no pronunciation", word)
                 dropped.append(word)
@@ -570,11 +580,6 @@ class DomainModelFiles:
     sentence_count: int
 
 
-def _pronounceable(sentences: Sequence[str], dropped: Iterable[str]) -> Iterator[str]:
-    unusable = set(dropped)
-    return (s for s in sentences if unusable.isdisjoint(s.split()))
-
-
 def write_domain_model(
     vocab: DomainVocabulary, workdir: Path, cmudict: Path, smoothing: Smoothing = "kneser_ney"
 ) -> DomainModelFiles:
@@ -582,7 +587,7 @@ def write_domain_model(
     workdir.mkdir(parents=True, exist_ok=True)
     corpus = domain_corpus(vocab)
     lexicon = build_lexicon({w for s in corpus for w in s.split()}, cmudict)
-    usable = list(_pronounceable(corpus, lexicon.dropped))
+    usable = [sentence for sentence in corpus if set(lexicon.dropped).isdisjoint(sentence.split())]
     files = DomainModelFiles(
         language_model=workdir / "domain.lm",
         dictionary=workdir / "domain.dict",

@@ -156,6 +156,7 @@ _CURRENCY = re.compile(r"\$\s?(\d[\d,]*)(?:\.(\d{1,2}))?")
 _ORDER_NUMBER = re.compile(r"\b([A-Za-z])[- ]?(\d{3,6})\b")
 _CLOCK_TIME = re.compile(r"\b(\d{1,2}):(\d{2})\b")
 _PERCENT = re.compile(r"(\d)\s?%")
+_MARKUP = re.compile(r"<[^>]*>")  # stray HTML/SSML from templates; espeak would read the brackets
 _UNSPEAKABLE = re.compile(r"[<>\[\]{}\\|_*#^~`]")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -184,6 +185,7 @@ def speakable_text(text: str) -> str:
     espeak reads "$49" as "dollar forty nine" and "A1042" as "A one thousand forty two"; callers expect
     "forty nine dollars" and an order number read character by character.
     """
+    text = _MARKUP.sub(" ", text)
     text = _CURRENCY.sub(_dollars, text)
     text = _CLOCK_TIME.sub(_clock_time, text)
     text = _ORDER_NUMBER.sub(lambda m: " ".join([m.group(1).upper(), *m.group(2)]), text)

@@ -6,11 +6,20 @@ Sans-IO like the protocol code: frames go in, events come out, and time is the s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Final
 
+import numpy as np
 import webrtcvad
 
 __all__ = ["Endpointer", "SpeechEnded", "SpeechStarted"]
+
+# webrtcvad alone calls steady line noise or hum speech: it fires on the first frames of any stream and
+# stays "in speech" for as long as white noise at -30 dBFS lasts. A frame therefore also has to stand out
+# from the noise floor, which drops to a quieter frame at once and climbs back with a ~1 s time constant.
+_SPEECH_ABOVE_FLOOR_DB: Final = 6.0
+_FLOOR_RISE_PER_FRAME: Final = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +67,7 @@ class Endpointer:
         self._in_speech = False
         self._voiced_run = 0  # consecutive voiced frames while waiting for speech to start
         self._last_voiced_end_ms = 0
+        self._noise_floor_db: float | None = None
 
     @property
     def in_speech(self) -> bool:
@@ -79,7 +89,7 @@ class Endpointer:
         frame_start_ms = self._frames_seen * self._frame_ms
         self._frames_seen += 1
         frame_end_ms = frame_start_ms + self._frame_ms
-        voiced = self._vad.is_speech(frame, self._sample_rate)
+        voiced = self._stands_out(frame) and self._vad.is_speech(frame, self._sample_rate)
 
         if not self._in_speech:
             self._voiced_run = self._voiced_run + 1 if voiced else 0
@@ -97,3 +107,13 @@ class Endpointer:
             self._in_speech = False
             return SpeechEnded(at_ms=self._last_voiced_end_ms)
         return None
+
+    def _stands_out(self, frame: bytes) -> bool:
+        samples = np.frombuffer(frame, dtype="<i2").astype(np.float64)
+        energy_db = 10.0 * math.log10(float(np.mean(samples * samples)) + 1.0)
+        floor = self._noise_floor_db
+        if floor is None or energy_db < floor:
+            self._noise_floor_db = energy_db
+            return False
+        self._noise_floor_db = floor + _FLOOR_RISE_PER_FRAME * (energy_db - floor)
+        return energy_db > floor + _SPEECH_ABOVE_FLOOR_DB
