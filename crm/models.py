@@ -29,6 +29,7 @@ from sqlalchemy import (
     Text,
     Time,
     TypeDecorator,
+    func,
     true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -44,6 +45,7 @@ NAMING_CONVENTION = {
 }
 
 BOOKING_STATUSES = ("held", "confirmed", "cancelled", "needs_review")
+ADMIN_ROLES = ("admin", "supervisor")
 SPEAKERS = ("caller", "agent")
 HANGUP_PARTIES = ("caller", "agent")
 TRANSPORTS = ("sip", "twilio")
@@ -159,6 +161,10 @@ class Booking(Base):
         CheckConstraint('start < "end"', name="start_before_end"),
         Index("ix_bookings_start", "start"),
         Index("ix_bookings_customer_id", "customer_id"),
+        # The admin list filters by status and date, and by service and date (revision 0003).
+        Index("ix_bookings_status_start", "status", "start"),
+        Index("ix_bookings_service_id_start", "service_id", "start"),
+        Index("ix_bookings_source_call_id", "source_call_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -171,6 +177,9 @@ class Booking(Base):
     source_call_id: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utc_now)
     updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utc_now, onupdate=utc_now)
+    # Set when a staff member has looked at what the agent booked (admin app "mark reviewed").
+    reviewed_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    reviewed_by: Mapped[str | None] = mapped_column(String(255))
 
 
 class Order(Base):
@@ -181,6 +190,11 @@ class Order(Base):
     customer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id"))
     description: Mapped[str] = mapped_column(String(300))
     status: Mapped[str] = mapped_column(String(100))  # spoken as is: "ready for pickup"
+
+
+# Callers' order numbers are matched case-blind (tools.catalog); an index on the expression keeps that an
+# index lookup among many orders (revision 0003).
+Index("ix_orders_number_upper", func.upper(Order.number))
 
 
 class InventoryItem(Base):
@@ -276,3 +290,78 @@ class AuditLog(Base):
     entity_id: Mapped[str] = mapped_column(String(255))
     detail: Mapped[str] = mapped_column(Text, default="", server_default="")
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utc_now)
+
+
+class AdminUser(Base):
+    """A staff login for the admin app. `password_hash` is a self-describing scrypt string (crm.passwords)."""
+
+    __tablename__ = "admin_users"
+    __table_args__ = (CheckConstraint(_one_of("role", ADMIN_ROLES), name="role_known"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(100), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16))
+    active: Mapped[bool] = mapped_column(default=True, server_default=true())
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utc_now)
+
+
+# --- transactional outbox (workers/) ------------------------------------------------------------------
+
+OUTBOX_STATUSES = ("pending", "delivered", "dead")
+# Where an outbox message is applied: the CRM database itself, or the external CRM's webhook.
+OUTBOX_DESTINATIONS = ("crm", "external")
+
+
+class OutboxMessage(Base):
+    """A write decided during a call, recorded before the caller is told, delivered later by a worker.
+
+    `next_attempt_at` doubles as a lease: the dispatcher pushes it forward when it hands the message to a
+    worker, so a message whose task was lost (worker SIGKILLed, broker restarted) becomes due again.
+    """
+
+    __tablename__ = "outbox_messages"
+    __table_args__ = (
+        CheckConstraint(_one_of("status", OUTBOX_STATUSES), name="status_known"),
+        CheckConstraint(_one_of("destination", OUTBOX_DESTINATIONS), name="destination_known"),
+        Index("ix_outbox_messages_status_next_attempt_at", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(128), unique=True)
+    kind: Mapped[str] = mapped_column(String(64))  # "booking.create", "call.summary", "analytics.event"...
+    destination: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[str] = mapped_column(Text)  # JSON
+    status: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utc_now)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utc_now)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+
+
+class AppliedWrite(Base):
+    """The CRM-side idempotency record: a key here means its write is in the CRM, in the same commit."""
+
+    __tablename__ = "applied_writes"
+
+    idempotency_key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    result: Mapped[str] = mapped_column(Text, default="", server_default="")  # JSON
+    applied_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utc_now)
+
+
+class DeadLetter(Base):
+    """An outbox message that exhausted its retries, kept with its last error until someone replays it."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    outbox_id: Mapped[int] = mapped_column(ForeignKey("outbox_messages.id", ondelete="CASCADE"), index=True)
+    idempotency_key: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(64))
+    destination: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer)
+    last_error: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utc_now)
+    replayed_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)

@@ -37,6 +37,22 @@ def add_bench_commands(commands: Any) -> None:
     media.add_argument("--ports", default="50000-54999", help="UDP port range for the calls' RTP/RTCP")
     media.set_defaults(handler=_bench_media)
 
+    outbox = kinds.add_parser(
+        "outbox", help="outbox delivery throughput (one Celery worker) and the call-path cost of the record"
+    )
+    outbox.add_argument("--writes", type=int, default=2000, help="writes to deliver (default 2000)")
+    outbox.add_argument("--bookings", type=int, default=300, help="bookings timed per variant (default 300)")
+    outbox.add_argument("--concurrency", type=int, default=1, help="worker pool processes (default 1)")
+    outbox.set_defaults(handler=_bench_outbox)
+
+    crm = kinds.add_parser("crm", help="p50/p95 latency of each agent tool on a large PostgreSQL CRM")
+    crm.add_argument("--customers", type=int, default=100_000)
+    crm.add_argument("--bookings", type=int, default=1_000_000)
+    crm.add_argument("--iterations", type=int, default=400, help="calls per tool (default 400)")
+    crm.add_argument("--postgres", help="admin URL of the PostgreSQL server (default: the test server)")
+    crm.add_argument("--keep", action="store_true", help="keep the scratch database")
+    crm.set_defaults(handler=_bench_crm)
+
 
 def _counts(text: str) -> list[int]:
     try:
@@ -82,4 +98,29 @@ def _bench_media(args: argparse.Namespace) -> int:
         if result.met_target:
             best = max(best or 0, calls)
     print(json.dumps({"largest_calls_meeting_target": best}))
+    return 0
+
+
+def _bench_crm(args: argparse.Namespace) -> int:
+    try:
+        from bench.crm_tools import main as crm_main
+    except ImportError as exc:
+        print(f"switchboard bench: {exc} (run from the project root)", file=sys.stderr)
+        return 1
+    argv = [f"--customers={args.customers}", f"--bookings={args.bookings}", f"--iterations={args.iterations}"]
+    if args.postgres:
+        argv.append(f"--postgres={args.postgres}")
+    if args.keep:
+        argv.append("--keep")
+    return crm_main(argv)
+
+
+def _bench_outbox(args: argparse.Namespace) -> int:
+    try:
+        from bench.outbox import run_outbox_bench
+    except ImportError as exc:
+        print(f"switchboard bench: {exc} (run from the project root)", file=sys.stderr)
+        return 1
+    result = run_outbox_bench(writes=args.writes, bookings=args.bookings, concurrency=args.concurrency)
+    print(json.dumps(result), flush=True)
     return 0

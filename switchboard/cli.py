@@ -100,9 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="upgrade the database to the newest schema")
     migrate.set_defaults(handler=_migrate)
 
+    from workers.cli import add_worker_commands
+
+    add_worker_commands(commands)
+
     from switchboard.bench import add_bench_commands
 
     add_bench_commands(commands)
+
+    from crm.admin_cli import add_admin_commands
+
+    add_admin_commands(commands)
     return parser
 
 

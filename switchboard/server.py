@@ -24,11 +24,15 @@ from crm.db import create_engine_for, session_factory
 from crm.migrate import upgrade_to_head
 from crm.seed import seed_demo_business
 from crm.vocabulary import load_vocabulary
+from crm.web.app import install_admin
+from crm.web.auth import AdminSettings, Authenticator, load_or_create_secret
 from switchboard.config import Settings
 from telephony.media import MediaClock, RtpPortPool
 from telephony.sip.ua import SipCall, UserAgent
 from telephony.twilio.endpoint import TwilioEndpoint, TwilioSettings
 from tools.toolbox import DatabaseToolBox
+from workers.api import dead_letter_router
+from workers.embedded import EmbeddedWorkers
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +84,14 @@ class Switchboard:
             vocabulary = load_vocabulary(session)
         self.speech_model = SpeechModel.build(vocabulary, settings.data_dir / "speech")
         self.synthesizer = EspeakSynthesizer(voice=settings.tts_voice, rate_wpm=settings.tts_rate_wpm)
-        self.toolbox = DatabaseToolBox(self.db)
+        # Outbox delivery and the disk spool for writes made while the database is down (workers/).
+        self.workers = EmbeddedWorkers.start(settings, self.engine)
+        self.toolbox = DatabaseToolBox(
+            self.db,
+            external_sync=self.workers.external_sync,
+            spool_write=self.workers.spool.put,
+            notify=self.workers.wake,
+        )
         self.call_log = CallLog(self.db)
 
     def _make_app(self) -> FastAPI:
@@ -103,6 +114,20 @@ class Switchboard:
             return transcript
 
         app.include_router(self.twilio.router())
+        # Admin pages (/admin) and the CRM JSON API (/api); the database opens later, in prepare().
+        install_admin(
+            app,
+            AdminSettings(
+                sessions=lambda: self.db,
+                secret_key=load_or_create_secret(self.settings.data_dir / "admin-secret"),
+            ),
+        )
+        # Dead letters (workers/): JSON API and admin page, behind the same staff sign-in.
+        dead_letter_auth = AdminSettings(
+            sessions=lambda: self.db,
+            secret_key=load_or_create_secret(self.settings.data_dir / "admin-secret"),
+        )
+        app.include_router(dead_letter_router(lambda: self.db, Authenticator(dead_letter_auth)))
         return app
 
     async def handle_call(self, call: SipCall) -> None:
@@ -181,6 +206,7 @@ class Switchboard:
             if not ended.is_set():
                 await transport.hangup()
             await loop.run_in_executor(self.executor, self.call_log.end_call, call_id, hangup_by())
+            await loop.run_in_executor(self.executor, self.workers.after_call, call_id)
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -206,6 +232,7 @@ class Switchboard:
             await server.serve()
         finally:
             await self.ua.close()
+            self.workers.stop()
             self.executor.shutdown(wait=False, cancel_futures=True)
             self.engine.dispose()
 

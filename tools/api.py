@@ -87,6 +87,22 @@ class BusinessInfo:
     hours_text: str  # spoken summary of opening hours
 
 
+@dataclass(frozen=True, slots=True)
+class KnowledgeArticleInfo:
+    slug: str
+    title: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class KnowledgeAnswer:
+    """Articles answering a caller's question, best first; `stale` when served from the cache."""
+
+    query: str
+    articles: tuple[KnowledgeArticleInfo, ...]
+    stale: bool = False
+
+
 class ToolBox(Protocol):
     """What the dialogue policy may do to the CRM. Every method may raise a `ToolError`."""
 
@@ -113,3 +129,9 @@ class ToolBox(Protocol):
     def business_info(self) -> BusinessInfo: ...
 
     def is_open(self, day: dt.date) -> bool: ...
+
+    def get_booking(self, booking_id: int) -> BookingInfo: ...
+
+    def reschedule(self, booking_id: int, new_start: dt.datetime) -> BookingInfo: ...
+
+    def search_business_info(self, query: str) -> KnowledgeAnswer: ...

@@ -91,15 +91,24 @@ def resolve_service(session: Session, spoken: str) -> Service:
     return next(service for service in services if service.id == match)
 
 
+# A booking fits within one day's opening hours, so it starts less than this before anything it overlaps.
+# The bound turns "start < end" (every booking in history) into a short range scan of ix_bookings_start.
+MAX_BOOKING_LENGTH = dt.timedelta(days=1)
+
+
 def occupied_intervals(
-    session: Session, start: dt.datetime, end: dt.datetime
+    session: Session, start: dt.datetime, end: dt.datetime, *, ignoring: int | None = None
 ) -> list[tuple[dt.datetime, dt.datetime]]:
-    rows = session.execute(
-        select(Booking.start, Booking.end).where(
-            Booking.status.in_(OCCUPYING_STATUSES), Booking.start < end, Booking.end > start
-        )
+    """Bay-holding bookings overlapping [start, end); `ignoring` leaves one out (the one being moved)."""
+    query = select(Booking.start, Booking.end).where(
+        Booking.status.in_(OCCUPYING_STATUSES),
+        Booking.start < end,
+        Booking.start > start - MAX_BOOKING_LENGTH,
+        Booking.end > start,
     )
-    return [(row.start, row.end) for row in rows]
+    if ignoring is not None:
+        query = query.where(Booking.id != ignoring)
+    return [(row.start, row.end) for row in session.execute(query)]
 
 
 def free_slots(
@@ -136,6 +145,30 @@ def booking_info(booking: Booking, service_name: str) -> BookingInfo:
     )
 
 
+def check_bookable(
+    session: Session,
+    business: Business,
+    service: Service,
+    start: dt.datetime,
+    *,
+    local_now: dt.datetime,
+    ignoring: int | None = None,
+) -> dt.datetime:
+    """The end of a `service` booking at `start`, or SlotUnavailable saying why it cannot be had."""
+    end = start + dt.timedelta(minutes=service.duration_min)
+    if start < local_now:
+        raise SlotUnavailable(f"{start:%Y-%m-%d %H:%M} is in the past")
+    schedule = day_schedule(session, start.date())
+    if not schedule.is_open:
+        raise SlotUnavailable(f"we are closed on {start:%A %Y-%m-%d}")
+    if not fits_opening_hours(schedule, start, end):
+        raise SlotUnavailable(f"a {service.name} at {start:%H:%M} would not finish within opening hours")
+    booked = occupied_intervals(session, start, end, ignoring=ignoring)
+    if not has_free_bay(booked, start, end, business.bay_count):
+        raise SlotUnavailable(f"every bay is taken at {start:%Y-%m-%d %H:%M}")
+    return end
+
+
 def create_booking(
     session: Session,
     business: Business,
@@ -150,16 +183,7 @@ def create_booking(
     """Confirm a booking if the slot is open and a bay is free. The caller holds the booking lock."""
     if session.get(Customer, customer_id) is None:
         raise NotFound(f"no customer with id {customer_id}")
-    end = start + dt.timedelta(minutes=service.duration_min)
-    if start < local_now:
-        raise SlotUnavailable(f"{start:%Y-%m-%d %H:%M} is in the past")
-    schedule = day_schedule(session, start.date())
-    if not schedule.is_open:
-        raise SlotUnavailable(f"we are closed on {start:%A %Y-%m-%d}")
-    if not fits_opening_hours(schedule, start, end):
-        raise SlotUnavailable(f"a {service.name} at {start:%H:%M} would not finish within opening hours")
-    if not has_free_bay(occupied_intervals(session, start, end), start, end, business.bay_count):
-        raise SlotUnavailable(f"every bay is taken at {start:%Y-%m-%d %H:%M}")
+    end = check_bookable(session, business, service, start, local_now=local_now)
     booking = Booking(
         customer_id=customer_id,
         service_id=service.id,
@@ -224,3 +248,52 @@ def cancel(session: Session, booking_id: int, *, local_now: dt.datetime, actor: 
     )
     session.flush()
     return booking_info(booking, service_name)
+
+
+def _booking_with_service(session: Session, booking_id: int) -> tuple[Booking, Service]:
+    row = session.execute(
+        select(Booking, Service)
+        .join(Service, Service.id == Booking.service_id)
+        .where(Booking.id == booking_id)
+    ).first()
+    if row is None:
+        raise NotFound(f"no booking with id {booking_id}")
+    return row[0], row[1]
+
+
+def get_booking(session: Session, booking_id: int) -> BookingInfo:
+    booking, service = _booking_with_service(session, booking_id)
+    return booking_info(booking, service.name)
+
+
+def reschedule(
+    session: Session,
+    business: Business,
+    booking_id: int,
+    *,
+    new_start: dt.datetime,
+    local_now: dt.datetime,
+    actor: str,
+) -> BookingInfo:
+    """Move a booking to `new_start`, keeping its service and status. The caller holds the booking lock."""
+    booking, service = _booking_with_service(session, booking_id)
+    if booking.status not in OCCUPYING_STATUSES:
+        raise InvalidRequest("a cancelled booking cannot be moved; book a new one")
+    if booking.start < local_now:
+        raise InvalidRequest("that booking has already started or taken place")
+    if new_start == booking.start:
+        return booking_info(booking, service.name)
+    new_end = check_bookable(session, business, service, new_start, local_now=local_now, ignoring=booking.id)
+    detail = {"from": booking.start.isoformat(), "to": new_start.isoformat()}
+    booking.start, booking.end = new_start, new_end
+    session.add(
+        AuditLog(
+            actor=actor,
+            action="booking.reschedule",
+            entity="booking",
+            entity_id=str(booking.id),
+            detail=json.dumps(detail),
+        )
+    )
+    session.flush()
+    return booking_info(booking, service.name)

@@ -1,0 +1,160 @@
+"""A CRM admin reviews, in headless Chromium, the booking a real test call just made.
+
+`switchboard serve` runs as a subprocess; `switchboard call` books an oil change over SIP/RTP;
+`switchboard admin create-user` creates the admin; Playwright drives Debian's chromium (no downloaded
+browser) through sign-in, the bookings list, the booking's transcript, "mark reviewed" and the audit trail.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import RunningServer, running_server, switchboard_command
+from tests.e2e.test_booking_call import booking_day
+from tests.services import unavailable
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = "/usr/bin/chromium"
+ADMIN_PASSWORD = "review-the-agent"
+CALLER = "+15550100002"  # Marcus, seeded
+
+
+# No first-run, sync, update or QUIC traffic: the browser talks to our server and nothing else. The fresh
+# profile directory (--user-data-dir) is passed as launch_persistent_context's user_data_dir, which
+# Playwright insists on.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    if not os.path.exists(CHROMIUM) or shutil.which("chromium") is None:
+        unavailable("chromium not found (install the Debian package chromium)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        unavailable("the playwright Python package is not installed (pip install playwright)")
+    with running_server(tmp_path_factory.mktemp("admin-serve")) as running:
+        yield running
+
+
+def place_booking_call(server: RunningServer) -> dict[str, Any]:
+    spoken_day, _ = booking_day(dt.date.today())
+    completed = subprocess.run(
+        [
+            *switchboard_command(),
+            "call",
+            server.sip_uri,
+            "--from",
+            CALLER,
+            "--say",
+            "I'd like to book an oil change",
+            "--say",
+            f"{spoken_day} at ten in the morning",
+            "--say",
+            "yes",
+            "--api",
+            server.api,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr + server.log()
+    result: dict[str, Any] = json.loads(completed.stdout)
+    return result
+
+
+def create_admin(server: RunningServer) -> None:
+    env = dict(
+        os.environ,
+        SWITCHBOARD_DATA_DIR=str(server.data_dir),
+        SWITCHBOARD_DATABASE_URL=server.database_url,
+        SWITCHBOARD_ADMIN_PASSWORD=ADMIN_PASSWORD,
+    )
+    completed = subprocess.run(
+        [*switchboard_command(), "admin", "create-user", "ada", "--role", "admin"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "created admin 'ada'" in completed.stdout
+
+
+def test_admin_reviews_the_booking_a_call_made(server: RunningServer, tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    call = place_booking_call(server)
+    _, day = booking_day(dt.date.today())
+    create_admin(server)
+    shots = Path(os.environ.get("SWITCHBOARD_SCREENSHOT_DIR", tmp_path / "shots"))
+    shots.mkdir(parents=True, exist_ok=True)
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 900},
+        )
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(15_000)
+            # Unauthenticated: sent to the sign-in form.
+            page.goto(f"{server.api}/admin/bookings")
+            expect(page).to_have_url(f"{server.api}/admin/login?next=%2Fadmin%2Fbookings")
+            page.fill("input[name=username]", "ada")
+            page.fill("input[name=password]", ADMIN_PASSWORD)
+            page.click("button[type=submit]")
+            expect(page.locator("h1")).to_have_text("Bookings")
+
+            # Find the booking: the day it was made for, oil changes only.
+            page.fill("input[name=day]", day.isoformat())
+            page.select_option("select[name=service]", "oil change")
+            page.click("form.filters button[type=submit]")
+            row = page.locator("#bookings tbody tr", has_text="Marcus")
+            expect(row).to_have_count(1)
+            expect(row).to_contain_text("10:00")
+            page.screenshot(path=str(shots / "bookings.png"), full_page=True)
+            row.locator("a").first.click()
+
+            # The transcript of the call that made it, with telemetry.
+            transcript = page.locator("#transcript")
+            expect(transcript).to_contain_text("oil change")
+            expect(transcript.locator("tr.caller")).to_have_count(len(call["turns"]))
+            expect(transcript).to_contain_text(" ms")
+            expect(page.locator("#reviewed")).to_have_text("not yet")
+
+            page.click("text=Mark reviewed")
+            expect(page.locator(".notice")).to_have_text("Booking reviewed.")
+            expect(page.locator("#reviewed")).to_contain_text("by ada")
+            audit = page.locator("#audit tbody tr")
+            expect(audit.filter(has_text="booking.review")).to_contain_text("ada")
+            expect(audit.filter(has_text="booking.create")).to_contain_text(f"agent:{call['call_id']}")
+            page.screenshot(path=str(shots / "booking.png"), full_page=True)
+        finally:
+            browser.close()

@@ -1,0 +1,40 @@
+"""Celery tasks. Each is a thin shell over code the in-process runner shares (workers.delivery...)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers.app import celery_app
+from workers.context import current_context
+from workers.followups import record_analytics_event, record_call_summary
+
+
+@celery_app.task(name="workers.tasks.deliver_outbox_message")  # type: ignore[untyped-decorator]
+def deliver_outbox_message(outbox_id: int) -> str:
+    return current_context().courier.deliver(outbox_id).value
+
+
+@celery_app.task(name="workers.tasks.dispatch_outbox")  # type: ignore[untyped-decorator]
+def dispatch_outbox() -> int:
+    """Hand every due outbox message to a delivery task (run by the beat every `outbox_poll_s`)."""
+    context = current_context()
+    ids = context.courier.claim_due(context.settings.outbox_batch)
+    for outbox_id in ids:
+        deliver_outbox_message.delay(outbox_id)
+    return len(ids)
+
+
+@celery_app.task(name="workers.tasks.post_call_summary")  # type: ignore[untyped-decorator]
+def post_call_summary(call_id: str) -> bool:
+    context = current_context()
+    if not context.external_sync:
+        return False
+    return record_call_summary(context.sessions, call_id)
+
+
+@celery_app.task(name="workers.tasks.analytics_event")  # type: ignore[untyped-decorator]
+def analytics_event(name: str, properties: dict[str, Any], event_id: str) -> bool:
+    context = current_context()
+    if not context.external_sync:
+        return False
+    return record_analytics_event(context.sessions, name, properties, event_id)
