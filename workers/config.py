@@ -21,6 +21,7 @@ class WorkerSettings(Settings):
     outbox_poll_s: float = Field(1.0, gt=0)
     outbox_lease_s: float = Field(30.0, gt=0)
     outbox_batch: int = Field(500, ge=1)
+    outbox_task_batch: int = Field(20, ge=1)  # messages per Celery task
     # Exponential backoff with jitter: attempt n waits about base * 2**n, capped; dead after max_attempts.
     retry_base_s: float = Field(0.5, gt=0)
     retry_cap_s: float = Field(60.0, gt=0)
