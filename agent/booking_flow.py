@@ -444,6 +444,17 @@ class BookingFlow:
         when = f"{spoken_date(booking.start.date())} at {spoken_time(booking.start.time())}"
         replacing = draft.replacing
         self._draft = BookingDraft()
+        if booking.status == "held" and booking.id == 0:
+            # The CRM was unreachable: the request is spooled durably and applied when it returns, so
+            # promise what is true - noted, confirmed later - never "you're all set".
+            self._facts["pending_confirmation"] = when
+            if replacing is not None:
+                self._facts["needs_follow_up"] = f"cancel booking {replacing.id}"
+            return self._done(
+                f"I've noted {with_article(booking.service)} for {when}. Our system is slow to confirm "
+                "right now, so we'll confirm it with you shortly.",
+                Intent.RESCHEDULE if replacing is not None else Intent.BOOK,
+            )
         if replacing is not None:
             try:
                 self._tools.cancel_booking(replacing.id)

@@ -38,7 +38,15 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import audioop
 
-__all__ = ["PhoneBandMapping", "Recognizer", "SearchKind", "SpeechModel", "SttError"]
+__all__ = [
+    "PhoneBandMapping",
+    "Recognizer",
+    "SearchKind",
+    "SpeechModel",
+    "SttError",
+    "fit_phone_band_mapping",
+    "telephone_warm_up_clip",
+]
 
 log = logging.getLogger(__name__)
 
@@ -196,9 +204,20 @@ _MAPPING_SENTENCES: Final = (
 # report is on voices the mapping has never heard.
 _MAPPING_VOICES: Final = ("m1", "m2", "m4", "m5", "m6", "m7", "f1", "f3", "f4", "f5", "klatt", "klatt3")
 _MAPPING_RATES: Final = (150, 170, 195)
+_SENTENCES_PER_VOICE: Final = 10
 _RIDGE: Final = 0.01  # times the frame count, on standardised inputs
 _MAPPING_RECIPE: Final = hashlib.sha256(
-    repr((_MAPPING_SENTENCES, _MAPPING_VOICES, _MAPPING_RATES, _RIDGE, _MEL_FILTERS, _CONTEXT)).encode()
+    repr(
+        (
+            _MAPPING_SENTENCES,
+            _MAPPING_VOICES,
+            _MAPPING_RATES,
+            _SENTENCES_PER_VOICE,
+            _RIDGE,
+            _MEL_FILTERS,
+            _CONTEXT,
+        )
+    ).encode()
 ).hexdigest()[:12]
 
 
@@ -247,7 +266,8 @@ def fit_phone_band_mapping(acoustic_model: Path) -> PhoneBandMapping:
         synthesizer = EspeakSynthesizer(variant=variant, rate_wpm=_MAPPING_RATES[index % len(_MAPPING_RATES)])
         native_rate = synthesizer.sample_rate
         gap = bytes(int(0.3 * native_rate) * 2)
-        for sentence in _MAPPING_SENTENCES[index % 3 :: 3]:
+        for turn in range(_SENTENCES_PER_VOICE):  # round robin: every sentence, several voices each
+            sentence = _MAPPING_SENTENCES[(index * _SENTENCES_PER_VOICE + turn) % len(_MAPPING_SENTENCES)]
             parts.extend((gap, *synthesizer.synthesize(sentence)))
     native = b"".join(parts)
     wideband, _ = audioop.ratecv(native, 2, 1, native_rate, _MODEL_RATE, None)

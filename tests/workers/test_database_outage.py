@@ -67,6 +67,8 @@ def test_booking_lands_after_postgres_returns(postgres: PrivatePostgres, tmp_pat
         reply = agent.respond("yes")
         # The caller is not told the booking failed, and the call goes on to its goodbye.
         assert reply.intent != "error" and "sorry" not in reply.text.lower(), reply.text
+        # ...and is told the truth: noted now, confirmed later - not "you're all set".
+        assert "noted" in reply.text and "confirm" in reply.text and "all set" not in reply.text, reply.text
         assert len(context.spool.pending()) == 1
         goodbye = agent.respond("no thanks, that's all")
         assert goodbye.text
