@@ -184,27 +184,52 @@ def create_booking(
     if session.get(Customer, customer_id) is None:
         raise NotFound(f"no customer with id {customer_id}")
     end = check_bookable(session, business, service, start, local_now=local_now)
+    booking = insert_booking(
+        session,
+        customer_id=customer_id,
+        service=service,
+        start=start,
+        end=end,
+        status="confirmed",
+        source_call_id=source_call_id,
+        actor=actor,
+        action="booking.create",
+        detail={"source_call_id": source_call_id},
+    )
+    return booking_info(booking, service.name)
+
+
+def insert_booking(
+    session: Session,
+    *,
+    customer_id: int,
+    service: Service,
+    start: dt.datetime,
+    end: dt.datetime,
+    status: str,
+    source_call_id: str | None,
+    actor: str,
+    action: str,
+    detail: dict[str, object],
+) -> Booking:
+    """Add a booking row and its audit entry (no capacity check: the caller decided the status)."""
     booking = Booking(
         customer_id=customer_id,
         service_id=service.id,
         start=start,
         end=end,
-        status="confirmed",
+        status=status,
         source_call_id=source_call_id,
     )
     session.add(booking)
     session.flush()
-    detail = {"service": service.name, "start": start.isoformat(), "source_call_id": source_call_id}
+    audit = {"service": service.name, "start": start.isoformat(), **detail}
     session.add(
         AuditLog(
-            actor=actor,
-            action="booking.create",
-            entity="booking",
-            entity_id=str(booking.id),
-            detail=json.dumps(detail),
+            actor=actor, action=action, entity="booking", entity_id=str(booking.id), detail=json.dumps(audit)
         )
     )
-    return booking_info(booking, service.name)
+    return booking
 
 
 def upcoming(session: Session, customer_id: int, local_now: dt.datetime) -> list[BookingInfo]:

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from crm.models import AppliedWrite, AuditLog, Booking, Customer
+from crm.models import AppliedWrite, AuditLog, Customer
 from crm.outbox import PendingMessage
 from tools import booking
 from tools.api import CrmUnavailable, InvalidRequest, NotFound, SlotUnavailable, ToolError
@@ -114,24 +114,16 @@ def _create_booking(session: Session, payload: dict[str, Any], actor: str) -> di
         reason = str(exc)
     except (InvalidRequest, NotFound):
         raise
-    row = Booking(
+    row = booking.insert_booking(
+        session,
         customer_id=customer_id,
-        service_id=service.id,
+        service=service,
         start=start,
         end=start + dt.timedelta(minutes=service.duration_min),
         status="needs_review",
         source_call_id=source_call_id,
-    )
-    session.add(row)
-    session.flush()
-    detail = {"service": service.name, "start": start.isoformat(), "reason": reason}
-    session.add(
-        AuditLog(
-            actor=actor,
-            action="booking.needs_review",
-            entity="booking",
-            entity_id=str(row.id),
-            detail=json.dumps(detail),
-        )
+        actor=actor,
+        action="booking.needs_review",
+        detail={"reason": reason},
     )
     return {"booking_id": row.id, "status": "needs_review"}
