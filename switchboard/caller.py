@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,7 +130,10 @@ async def place_test_call(
     api: str | None = None,
     local_host: str = "127.0.0.1",
     turn_timeout: float = 20.0,
+    before_line: Callable[[int], Awaitable[None]] | None = None,
 ) -> CallResult:
+    """Call `target`, speak `lines` turn by turn and measure each reply; `before_line(i)` runs just before
+    line i is spoken (tests use it to break something mid-call)."""
     try:
         uri = SipUri.parse(target)
     except SipParseError as exc:
@@ -153,6 +157,8 @@ async def place_test_call(
         for line, pcm in zip(lines, audio, strict=True):
             if call.state == "terminated":
                 break
+            if before_line is not None:
+                await before_line(len(result.turns))
             turn = TurnResult(caller=line)
             result.turns.append(turn)
             base = call.media.frames_played
