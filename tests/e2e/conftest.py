@@ -18,13 +18,7 @@ import pytest
 
 from crm.scratch import create_postgres_database, drop_postgres_database
 from tests.crm.databases import require_postgres
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.services import free_port
 
 
 def switchboard_command() -> list[str]:

@@ -6,8 +6,8 @@ import re
 import subprocess
 from pathlib import Path
 
-from tests.e2e.conftest import RunningServer, free_port
-from tests.services import require_binary
+from tests.e2e.conftest import RunningServer
+from tests.services import free_port, require_binary
 
 
 def test_sipp_uac_five_calls_succeed(server: RunningServer, tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import hypothesis.strategies as st
@@ -14,7 +13,7 @@ from hypothesis import given, settings
 from telephony.sip.errors import SipParseError, SipUsageError
 from telephony.sip.message import NameAddr, SipRequest, SipResponse, Via, make_response, parse_message
 from telephony.sip.refer import TransferProgress, build_refer, parse_refer_notify, parse_sipfrag
-from tests.services import require_binary
+from tests.services import free_port, require_binary, wait_until_udp_bound
 
 DIALOG = {
     "call_id": "c0ffee@192.0.2.10",
@@ -304,30 +303,11 @@ SIP/2.0 200 OK
 """
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _wait_until_bound(port: int, process: subprocess.Popen[str], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                return
-        time.sleep(0.02)
-    raise AssertionError(f"sipp did not bind port {port}")
-
-
 def test_blind_transfer_against_sipp(tmp_path: Path) -> None:
     sipp = require_binary("sipp", "sip-tester")
     scenario = tmp_path / "transferee.xml"
     scenario.write_text(SIPP_TRANSFEREE)
-    port = _free_udp_port()
+    port = free_port(socket.SOCK_DGRAM)
     process = subprocess.Popen(
         [sipp, "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(port), "-m", "1", "-nostdin",
          "-timeout", "15s", "-timeout_error", "-trace_err"],
@@ -336,7 +316,7 @@ def test_blind_transfer_against_sipp(tmp_path: Path) -> None:
     progress: list[TransferProgress] = []
     statuses: list[int] = []
     try:
-        _wait_until_bound(port, process)
+        wait_until_udp_bound(port, process)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.bind(("127.0.0.1", 0))
             sock.settimeout(5)

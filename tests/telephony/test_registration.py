@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import hypothesis.strategies as st
@@ -28,7 +27,7 @@ from telephony.sip.registration import (
     Unregistered,
     refresh_interval,
 )
-from tests.services import require_binary
+from tests.services import free_port, require_binary, wait_until_udp_bound
 
 CONTACT = "sip:agent@192.0.2.10:5070"
 
@@ -412,26 +411,6 @@ Content-Length: 0
 """
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _wait_until_bound(port: int, process: subprocess.Popen[str], timeout: float = 5.0) -> None:
-    """sipp is listening once its UDP port can no longer be bound (no sleep-and-hope)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                return
-        time.sleep(0.02)
-    raise AssertionError(f"sipp did not bind port {port}")
-
-
 def _exchange(sock: socket.socket, request: SipRequest, peer: tuple[str, int]) -> SipResponse:
     sock.sendto(bytes(request), peer)
     data, _ = sock.recvfrom(65535)
@@ -445,7 +424,7 @@ def test_against_sipp_registrar(tmp_path: Path, password: str) -> None:
     sipp = require_binary("sipp", "sip-tester")
     scenario = tmp_path / "registrar.xml"
     scenario.write_text(SIPP_REGISTRAR)
-    port = _free_udp_port()
+    port = free_port(socket.SOCK_DGRAM)
     process = subprocess.Popen(
         [sipp, "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(port), "-m", "1", "-nostdin",
          "-timeout", "15s", "-timeout_error", "-trace_err"],
@@ -453,7 +432,7 @@ def test_against_sipp_registrar(tmp_path: Path, password: str) -> None:
     )  # fmt: skip
     events: list[object] = []
     try:
-        _wait_until_bound(port, process)
+        wait_until_udp_bound(port, process)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.bind(("127.0.0.1", 0))
             sock.settimeout(5)

@@ -9,8 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.services import unavailable
-from tests.workers.peers import free_port
+from tests.services import free_port, unavailable
 
 
 def _bin_dir() -> Path:

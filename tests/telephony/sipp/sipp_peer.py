@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.services import free_port
+
 SCENARIOS = Path(__file__).resolve().parent
 SIPP_SHARE = Path("/usr/share/sip-tester")  # telephone-event captures shipped with Debian's sip-tester
 LOOPBACK = "127.0.0.1"
@@ -25,10 +27,7 @@ Addr = tuple[str, int]
 
 # --- ports --------------------------------------------------------------------------------------------
 def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return free_port(socket.SOCK_DGRAM)
 
 
 def free_media_port() -> int:
