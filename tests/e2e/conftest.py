@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -110,3 +111,23 @@ def server(
             yield running
     finally:
         drop_postgres_database(admin_url, database_url)
+
+
+def run_test_call(server: RunningServer, caller: str, lines: list[str]) -> dict[str, Any]:
+    """`switchboard call ... --json` against a running server; the parsed result."""
+    command = [
+        *switchboard_command(),
+        "call",
+        server.sip_uri,
+        "--from",
+        caller,
+        "--api",
+        server.api,
+        "--json",
+    ]
+    for line in lines:
+        command += ["--say", line]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert completed.returncode == 0, completed.stderr + server.log()
+    result: dict[str, Any] = json.loads(completed.stdout)
+    return result

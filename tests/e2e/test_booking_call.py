@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import subprocess
 import urllib.parse
 import urllib.request
 
 import sqlalchemy as sa
 
-from tests.e2e.conftest import RunningServer, switchboard_command
+from tests.e2e.conftest import RunningServer, run_test_call
 
 WEEKDAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
 
@@ -26,29 +25,11 @@ def booking_day(today: dt.date) -> tuple[str, dt.date]:
 
 def test_marcus_books_an_oil_change(server: RunningServer) -> None:
     spoken_day, day = booking_day(dt.date.today())
-    completed = subprocess.run(
-        [
-            *switchboard_command(),
-            "call",
-            server.sip_uri,
-            "--from",
-            "+15550100002",
-            "--say",
-            "I'd like to book an oil change",
-            "--say",
-            f"{spoken_day} at ten in the morning",
-            "--say",
-            "yes",
-            "--api",
-            server.api,
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = run_test_call(
+        server,
+        "+15550100002",
+        ["I'd like to book an oil change", f"{spoken_day} at ten in the morning", "yes"],
     )
-    assert completed.returncode == 0, completed.stderr + server.log()
-    result = json.loads(completed.stdout)
     assert [turn["caller"] for turn in result["turns"]] == [
         "I'd like to book an oil change",
         f"{spoken_day} at ten in the morning",
@@ -77,25 +58,7 @@ def test_marcus_books_an_oil_change(server: RunningServer) -> None:
 
 
 def test_asking_for_a_person_without_anyone_to_take_it_ends_politely(server: RunningServer) -> None:
-    completed = subprocess.run(
-        [
-            *switchboard_command(),
-            "call",
-            server.sip_uri,
-            "--from",
-            "+15550100003",
-            "--say",
-            "can I talk to a person please",
-            "--api",
-            server.api,
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert completed.returncode == 0, completed.stderr + server.log()
-    result = json.loads(completed.stdout)
+    result = run_test_call(server, "+15550100003", ["can I talk to a person please"])
     assert result["hangup"] == "agent", result
     url = f"{server.api}/api/calls/{urllib.parse.quote(result['call_id'])}"
     with urllib.request.urlopen(url) as response:

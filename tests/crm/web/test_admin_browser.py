@@ -8,7 +8,6 @@ browser) through sign-in, the bookings list, the booking's transcript, "mark rev
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import RunningServer, running_server, switchboard_command
+from tests.e2e.conftest import RunningServer, run_test_call, running_server, switchboard_command
 from tests.e2e.test_booking_call import booking_day
 from tests.services import unavailable
 
@@ -58,31 +57,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 
 def place_booking_call(server: RunningServer) -> dict[str, Any]:
     spoken_day, _ = booking_day(dt.date.today())
-    completed = subprocess.run(
-        [
-            *switchboard_command(),
-            "call",
-            server.sip_uri,
-            "--from",
-            CALLER,
-            "--say",
-            "I'd like to book an oil change",
-            "--say",
-            f"{spoken_day} at ten in the morning",
-            "--say",
-            "yes",
-            "--api",
-            server.api,
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr + server.log()
-    result: dict[str, Any] = json.loads(completed.stdout)
-    return result
+    lines = ["I'd like to book an oil change", f"{spoken_day} at ten in the morning", "yes"]
+    return run_test_call(server, CALLER, lines)
 
 
 def create_admin(server: RunningServer) -> None:
