@@ -4,10 +4,8 @@ lands exactly once when the database is back. The server is the test's own (init
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,17 +22,6 @@ from workers.runner import OutboxRunner
 
 NOW = dt.datetime(2026, 11, 23, 8, 30)  # a Monday, business-local
 MARCUS = "+15550100002"
-
-
-@pytest.fixture
-def postgres(tmp_path: Path) -> Iterator[PrivatePostgres]:
-    server = PrivatePostgres(tmp_path / "pg")
-    server.init()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop_if_running()
 
 
 def marcus_bookings(sessions: sessionmaker[Session]) -> list[tuple[dt.datetime, str]]:

@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 
 from switchboard.caller import place_test_call
@@ -18,17 +16,6 @@ from tests.e2e.test_booking_call import booking_day
 from tests.workers.postgres_server import PrivatePostgres
 
 MARCUS = "+15550100002"
-
-
-@pytest.fixture
-def postgres(tmp_path: Path) -> Iterator[PrivatePostgres]:
-    server = PrivatePostgres(tmp_path / "pg")
-    server.init()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop_if_running()
 
 
 def oil_changes(url: str) -> list[tuple[str, str]]:
