@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -13,6 +13,7 @@ class TurnRecord:
     intent: str | None = None
     stt_ms: float | None = None  # caller turns: end of speech -> final transcript
     e2e_ms: float | None = None  # agent turns: end of caller speech -> first agent audio queued
+    telemetry: dict[str, Any] | None = None  # agent turns: the per-turn timings and outcome (JSON-able)
 
 
 class TranscriptSink(Protocol):

@@ -83,13 +83,27 @@ class Endpointer:
             raise ValueError(f"hangover must be at least one frame ({self._frame_ms} ms), got {ms}")
         self._hangover_ms = ms
 
-    def process(self, frame: bytes) -> SpeechStarted | SpeechEnded | None:
+    @property
+    def trailing_silence_ms(self) -> int:
+        """While in speech: unvoiced audio since the last voiced frame (0 right after a voiced frame)."""
+        if not self._in_speech:
+            return 0
+        return self._frames_seen * self._frame_ms - self._last_voiced_end_ms
+
+    @property
+    def stream_ms(self) -> int:
+        """Audio seen so far (stream time at the end of the last frame)."""
+        return self._frames_seen * self._frame_ms
+
+    def process(self, frame: bytes, *, echo: bool = False) -> SpeechStarted | SpeechEnded | None:
+        """One frame in, at most one event out. ``echo``: the caller's side judged this frame an echo of
+        our own audio; it counts as unvoiced and does not move the noise floor."""
         if len(frame) != self._frame_bytes:
             raise ValueError(f"expected a {self._frame_bytes}-byte frame of PCM16, got {len(frame)} bytes")
         frame_start_ms = self._frames_seen * self._frame_ms
         self._frames_seen += 1
         frame_end_ms = frame_start_ms + self._frame_ms
-        voiced = self._stands_out(frame) and self._vad.is_speech(frame, self._sample_rate)
+        voiced = not echo and self._stands_out(frame) and self._vad.is_speech(frame, self._sample_rate)
 
         if not self._in_speech:
             self._voiced_run = self._voiced_run + 1 if voiced else 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -94,6 +95,7 @@ class CallLog:
                     stt_ms=turn.stt_ms,
                     e2e_ms=turn.e2e_ms,
                     intent=turn.intent,
+                    telemetry=json.dumps(turn.telemetry, sort_keys=True) if turn.telemetry else None,
                 )
             )
 
@@ -189,6 +191,7 @@ class CallLog:
                         "intent": t.intent,
                         "stt_ms": t.stt_ms,
                         "e2e_ms": t.e2e_ms,
+                        "telemetry": json.loads(t.telemetry) if t.telemetry else None,
                     }
                     for t in turns
                 ],

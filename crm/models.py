@@ -264,6 +264,7 @@ class Turn(Base):
     stt_ms: Mapped[float | None] = mapped_column()
     e2e_ms: Mapped[float | None] = mapped_column()
     intent: Mapped[str | None] = mapped_column(String(64))
+    telemetry: Mapped[str | None] = mapped_column(Text)  # JSON object: the turn's timings and outcome
 
 
 class ToolInvocation(Base):

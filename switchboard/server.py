@@ -9,7 +9,7 @@ import logging
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 from fastapi import FastAPI, HTTPException
@@ -17,6 +17,7 @@ from fastapi import FastAPI, HTTPException
 from agent.dialogue import DialoguePolicy
 from agent.session import CallSession, SessionTimings
 from agent.stt import SpeechModel
+from agent.telemetry import TimedTools
 from agent.transport import CallTransport
 from agent.tts import EspeakSynthesizer
 from crm.calls import CallLog
@@ -30,6 +31,7 @@ from switchboard.config import Settings
 from telephony.media import MediaClock, RtpPortPool
 from telephony.sip.ua import SipCall, UserAgent
 from telephony.twilio.endpoint import TwilioEndpoint, TwilioSettings
+from tools.api import ToolBox
 from tools.toolbox import DatabaseToolBox
 from workers.api import dead_letter_router
 from workers.embedded import EmbeddedWorkers
@@ -171,8 +173,9 @@ class Switchboard:
                 transport=transport_name,
             ),
         )
+        tools = TimedTools(self.toolbox.for_call(call_id))
         policy = DialoguePolicy(
-            self.toolbox.for_call(call_id),
+            cast(ToolBox, tools),
             caller_phone=caller_number,
             call_id=call_id,
             now=self.toolbox.local_now,
@@ -190,6 +193,7 @@ class Switchboard:
                 reprompt_after_s=self.settings.reprompt_after_s,
             ),
             escalation_target=self.settings.escalation_target,
+            tools=tools,
         )
         attach(session)
         self.sessions[call_id] = session

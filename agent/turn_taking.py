@@ -1,0 +1,280 @@
+"""Turn-taking decisions the call session makes from what it has heard so far.
+
+- `turn_completeness`: how likely the caller is done, from the words recognised so far. It picks the
+  endpoint hangover: a complete answer ("yes", "tomorrow at ten in the morning") ends the turn after a
+  short silence, an unfinished phrase ("I'd like to book a") waits much longer, and a bare clock hour
+  ("on Saturday at ten") waits long enough for the "... in the morning" callers often add after a pause.
+- `is_backchannel`: "mm-hm", "okay", "right" said while the agent talks are listening noises, not turns.
+- `EchoGate`: line echo of our own audio must not count as the caller talking (Geigel double-talk test).
+- `heard_text`: the part of a reply the caller actually heard when it was cut off.
+
+All pure functions or sans-IO objects: the session feeds them and acts on the answers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import re
+from collections import deque
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+
+from agent import nlu
+
+__all__ = [
+    "Completeness",
+    "EchoGate",
+    "HangoverPolicy",
+    "frame_peak",
+    "heard_text",
+    "is_backchannel",
+    "trim_leading_silence",
+    "turn_completeness",
+]
+
+
+class Completeness(enum.Enum):
+    COMPLETE = "complete"  # an answer or request the agent can act on
+    LIKELY = "likely"  # words the agent does not recognise, nothing dangling
+    BARE_TIME = "bare_time"  # ends on a clock hour with nothing saying morning or afternoon
+    UNFINISHED = "unfinished"  # ends on a word that needs more after it
+
+
+# Words a sentence does not end on: articles, prepositions, conjunctions, possessives, auxiliaries and
+# hesitations. A transcript ending on one of them is a caller who paused mid-sentence.
+_DANGLING: Final = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "my",
+        "your",
+        "our",
+        "their",
+        "his",
+        "her",
+        "its",
+        "some",
+        "to",
+        "at",
+        "on",
+        "in",
+        "for",
+        "with",
+        "from",
+        "of",
+        "by",
+        "about",
+        "into",
+        "onto",
+        "around",
+        "after",
+        "before",
+        "until",
+        "till",
+        "between",
+        "and",
+        "or",
+        "but",
+        "so",
+        "because",
+        "if",
+        "then",
+        "than",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "do",
+        "does",
+        "did",
+        "can",
+        "could",
+        "would",
+        "will",
+        "should",
+        "shall",
+        "may",
+        "might",
+        "must",
+        "i",
+        "im",
+        "id",
+        "ill",
+        "ive",
+        "we",
+        "they",
+        "he",
+        "she",
+        "want",
+        "wanna",
+        "like",
+        "need",
+        "get",
+        "um",
+        "umm",
+        "uh",
+        "uhh",
+        "er",
+        "erm",
+        "ah",
+        "eh",
+    ]
+)
+# "... at ten" may still become "... at ten in the morning"; these words settle which half of the day.
+_DAY_HALF = re.compile(
+    r"\b(?:am|pm|morning|afternoon|evening|noon|midday|oclock|thirty|fifteen|forty five|quarter|half)\b"
+)
+_HOURS = "one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|1[0-2]|[1-9]|\\d{1,2}:\\d\\d"
+_ENDS_ON_HOUR = re.compile(rf"\b(?:at|for|around|about|by)\s+(?:{_HOURS})$")
+
+_BACKCHANNEL_WORDS: Final = frozenset(
+    [
+        "mm",
+        "mmm",
+        "mhm",
+        "hmm",
+        "hm",
+        "uh",
+        "huh",
+        "yes",
+        "yeah",
+        "yep",
+        "yup",
+        "ok",
+        "okay",
+        "right",
+        "sure",
+        "alright",
+        "all",
+        "i",
+        "see",
+        "got",
+        "it",
+        "gotcha",
+        "cool",
+    ]
+)
+
+
+def turn_completeness(text: str) -> Completeness:
+    """Classify a (partial) transcript by whether the caller sounds finished."""
+    words = nlu.normalise(text).split()
+    raw = text.lower().split()
+    if not words:
+        return Completeness.UNFINISHED
+    # normalise() drops hesitations; a transcript that ended on "um" is someone still thinking.
+    if raw and raw[-1].strip(".,?!") in {"um", "umm", "uh", "uhh", "er", "erm"}:
+        return Completeness.UNFINISHED
+    if words[-1] in _DANGLING:
+        return Completeness.UNFINISHED
+    joined = " ".join(words)
+    if _ENDS_ON_HOUR.search(joined) and not _DAY_HALF.search(joined):
+        return Completeness.BARE_TIME
+    if nlu.classify_intent(joined) is not nlu.Intent.UNKNOWN:
+        return Completeness.COMPLETE
+    slots = (
+        nlu.parse_yes_no(joined),
+        nlu.parse_order_number(joined),
+        nlu.parse_time(joined),
+        nlu.parse_part_of_day(joined),
+        nlu.parse_name(joined),
+        nlu.parse_date(joined, dt.date.today()),
+    )
+    if any(slot is not None for slot in slots):
+        return Completeness.COMPLETE
+    return Completeness.LIKELY
+
+
+def is_backchannel(text: str) -> bool:
+    """True for short listening noises ("mm-hm", "okay", "right", "yeah") said over the agent."""
+    words = text.lower().replace("-", " ").replace("'", "").split()
+    words = [w.strip(".,?!") for w in words]
+    return 0 < len(words) <= 3 and all(w in _BACKCHANNEL_WORDS for w in words)
+
+
+@dataclass(frozen=True, slots=True)
+class HangoverPolicy:
+    """Silence (ms) after the last voiced frame that ends a turn, per completeness class."""
+
+    complete_ms: int = 140
+    likely_ms: int = 280
+    bare_time_ms: int = 600
+    unfinished_ms: int = 900
+    # Trailing silence after which a complete-sounding turn's transcript is finalised early, so the reply
+    # is ready when the hangover runs out (undone if the caller goes on).
+    speculate_after_ms: int = 60
+
+    def hangover_ms(self, completeness: Completeness) -> int:
+        return {
+            Completeness.COMPLETE: self.complete_ms,
+            Completeness.LIKELY: self.likely_ms,
+            Completeness.BARE_TIME: self.bare_time_ms,
+            Completeness.UNFINISHED: self.unfinished_ms,
+        }[completeness]
+
+
+def frame_peak(pcm16: bytes) -> int:
+    """Peak absolute sample of a PCM16 frame."""
+    if not pcm16:
+        return 0
+    samples = np.frombuffer(pcm16, dtype="<i2")
+    return int(np.max(np.abs(samples.astype(np.int32))))
+
+
+class EchoGate:
+    """Tells line echo of our own audio from the caller talking over it (Geigel double-talk detection).
+
+    Telephone hybrids return our audio attenuated by at least 6 dB (ITU-T G.168's echo return loss), a
+    few to a few hundred milliseconds later. A caller frame whose peak stays under half the loudest
+    frame we sent within the echo window can therefore be our own echo, and is not taken as speech.
+    Frames are counted on the media clock (one call of `near_frame` per received 20 ms frame).
+    """
+
+    def __init__(self, *, window_frames: int = 16, threshold: float = 0.5) -> None:
+        self._threshold = threshold
+        self._recent: deque[int] = deque(maxlen=window_frames)
+
+    def far_frame(self, peak: int) -> None:
+        """One 20 ms frame of our audio went out (peak 0 when nothing was sent in that slot)."""
+        self._recent.append(peak)
+
+    def is_echo(self, near_pcm16: bytes) -> bool:
+        far = max(self._recent, default=0)
+        if far == 0:
+            return False
+        return frame_peak(near_pcm16) <= self._threshold * far
+
+
+def heard_text(clauses: list[tuple[str, int]], frames_heard: int) -> str:
+    """The words of a reply that reached the caller: `clauses` are (text, frames) in playout order."""
+    heard: list[str] = []
+    remaining = frames_heard
+    for text, frames in clauses:
+        if remaining >= frames:
+            heard.append(text)
+            remaining -= frames
+            continue
+        if remaining > 0 and frames > 0:
+            words = text.split()
+            # Speech is spread roughly evenly over a clause's words; a half-heard word is not heard.
+            count = int(len(words) * remaining / frames)
+            if count:
+                heard.append(" ".join(words[:count]) + " ...")
+        break
+    return " ".join(heard)
+
+
+def trim_leading_silence(pcm16: bytes, *, threshold: int = 300, keep_samples: int = 16) -> bytes:
+    """Drop the quiet lead-in synthesisers put before a clause, so the first packet already carries speech."""
+    samples = np.frombuffer(pcm16[: len(pcm16) - len(pcm16) % 2], dtype="<i2")
+    loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > threshold)
+    if not len(loud):
+        return pcm16
+    start = max(int(loud[0]) - keep_samples, 0)
+    return pcm16[start * 2 :]
