@@ -87,6 +87,13 @@ class DialoguePolicy(BookingFlow):
     def respond(self, text: str) -> AgentReply:
         return self._guarded(lambda: self._respond(text), text)
 
+    def understands(self, text: str) -> bool:
+        """Whether `text` is something this policy has a rule for, given what it just asked: a known
+        intent, a slot value, an answer, or (when a part was asked for) any part name. The router sends
+        everything else to the language model. Pure: no state changes, no CRM calls."""
+        u = self._understand(text)
+        return not u.text or u.intent is not Intent.UNKNOWN or self._expecting is Expecting.PRODUCT
+
     def on_silence(self, count: int) -> AgentReply:
         return self._guarded(lambda: self._silence(count), f"<silence {count}>")
 
@@ -152,14 +159,17 @@ class DialoguePolicy(BookingFlow):
             return self._last
         return AgentReply("Please just tell me what you need, or press 0 to speak to someone.", intent="dtmf")
 
-    def _respond(self, text: str) -> AgentReply:
-        u = nlu.understand(
+    def _understand(self, text: str) -> Understanding:
+        return nlu.understand(
             text,
             self._today(),
             expect_time=self._expecting
             in (Expecting.BOOKING_DETAIL, Expecting.SLOT_CHOICE, Expecting.CHANGE_WHAT),
             expect_name=self._expecting is Expecting.NAME,
         )
+
+    def _respond(self, text: str) -> AgentReply:
+        u = self._understand(text)
         if not u.text:
             question = (_last_question(self._last.text) if self._last else None) or "How can I help you?"
             return AgentReply(f"Sorry, I didn't catch that. {question}", intent="unknown")
