@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 from agent.booking_flow import AgentReply
 from agent.engines import SpeechEngine, StreamingRecognizer, Synthesizer
@@ -55,6 +55,7 @@ from agent.turn_taking import (
 from agent.vad import Endpointer, SpeechEnded, SpeechStarted
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 FRAME_BYTES: Final = 320  # 20 ms of 8 kHz PCM16
 PREROLL_FRAMES: Final = 15  # 300 ms kept before the VAD triggers, so word onsets reach the recogniser
@@ -312,6 +313,9 @@ class CallSession:
             return
         self._speculating = True
         self._stt.put_nowait(_Speculate())
+        # Work out the reply to the partial meanwhile: when the final transcript agrees (it mostly does),
+        # the reply is ready before the recogniser has even finished.
+        self._prepare_for(self._partial, self._turn)
 
     def _undo_speculation(self) -> None:
         self._speculating = False
@@ -430,13 +434,23 @@ class CallSession:
         reply: AgentReply | None = None
         prepared = self._prepared
         self._prepared = None
-        if turn.kind == "utterance" and prepared is not None and prepared.turn == turn.turn:
+        if (
+            turn.kind == "utterance"
+            and prepared is not None
+            and prepared.turn == turn.turn
+            and prepared.text == turn.text
+        ):
             with contextlib.suppress(Exception):
-                outcome = await prepared.task  # usually finished already; never slower than starting over
-                if outcome is not None and prepared.text == turn.text:
+                # Usually finished already; never slower than starting over (and a slow CRM gets fillers).
+                outcome = await self._await_with_fillers(prepared.task, telemetry)
+                if outcome is not None:
                     speculation, first_pcm, tts_ms = outcome
-                    adopt(self._policy, speculation)
-                    reply = speculation.reply
+                    adopt_hook = getattr(self._policy, "adopt", None)
+                    if callable(adopt_hook):
+                        reply = adopt_hook(speculation)
+                    else:
+                        adopt(self._policy, speculation)
+                        reply = speculation.reply
                     telemetry.tts_first_audio_ms = tts_ms
                     telemetry.outcome = "speculative"
         if reply is None:
@@ -452,9 +466,7 @@ class CallSession:
         telemetry.intent = reply.intent
         return await self._say(reply, telemetry, started_at=turn.at, first_pcm=first_pcm)
 
-    async def _await_with_fillers(
-        self, work: asyncio.Future[AgentReply], telemetry: TurnTelemetry
-    ) -> AgentReply:
+    async def _await_with_fillers(self, work: asyncio.Future[_T], telemetry: TurnTelemetry) -> _T:
         """Wait for a reply; if it is slow, tell the caller we are on it instead of leaving dead air."""
         done, _ = await asyncio.wait({work}, timeout=self._timings.filler_after_ms / 1000)
         phrase = FILLER
@@ -520,9 +532,9 @@ class CallSession:
         await self._record(
             TurnRecord("agent", heard or "...", reply.intent, e2e_ms=telemetry.e2e_ms, telemetry=record)
         )
-        heard_hook = getattr(self._policy, "agent_heard", None)
-        if callable(heard_hook):
-            heard_hook(heard)
+        heard_hook = getattr(self._policy, "heard", None)
+        if barged_in and callable(heard_hook):
+            heard_hook(heard)  # what the caller heard of it, for the conversation memory
         self._last_activity = self._clock()
         if barged_in:
             return True  # the caller's words are answered next; a cut-off goodbye or transfer is not acted on
@@ -690,8 +702,14 @@ class CallSession:
     def _on_tentative(self, text: str, turn: int) -> None:
         """The early transcript of a paused turn: set the hangover from it and prepare the reply."""
         self._tentative = text
+        self._prepare_for(text, turn)
+
+    def _prepare_for(self, text: str, turn: int) -> None:
         if not text or self.state is not CallState.LISTENING:
             return
+        prepared = self._prepared
+        if prepared is not None and prepared.turn == turn and prepared.text == text:
+            return  # already on it
         if turn_completeness(text) is Completeness.UNFINISHED:
             return
         task = asyncio.ensure_future(self._prepare(text))

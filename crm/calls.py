@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from sqlalchemy import func, select
@@ -12,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from agent.transcript import TurnRecord
+from crm.db import IMMEDIATE
 from crm.models import Call, Customer, Turn
 
 # How far along a call is, per status: a callback may only move a call forward. Twilio sends each progress
@@ -44,13 +46,21 @@ class CallLog:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Session]:
+        """A transaction that reads then writes: on SQLite it takes the write lock up front (see crm.db),
+        since several calls and the workers write concurrently."""
+        with self._sessions.begin() as session:
+            session.connection(execution_options=IMMEDIATE)
+            yield session
+
     def _write_call(self, work: Callable[[Session], _T]) -> _T:
         """Run `work` in a transaction, once more if a concurrent writer inserted the same call first."""
         try:
-            with self._sessions.begin() as session:
+            with self._writing() as session:
                 return work(session)
         except IntegrityError:
-            with self._sessions.begin() as session:
+            with self._writing() as session:
                 return work(session)
 
     def start_call(
@@ -83,7 +93,7 @@ class CallLog:
         self._write_call(work)
 
     def add_turn(self, call_id: str, turn: TurnRecord) -> None:
-        with self._sessions.begin() as session:
+        with self._writing() as session:
             index = session.scalar(select(func.count()).select_from(Turn).where(Turn.call_id == call_id)) or 0
             session.add(
                 Turn(
@@ -100,7 +110,7 @@ class CallLog:
             )
 
     def end_call(self, call_id: str, hangup_by: str | None) -> None:
-        with self._sessions.begin() as session:
+        with self._writing() as session:
             call = session.get(Call, call_id)
             if call is None:
                 return

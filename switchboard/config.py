@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import ssl
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -129,6 +130,17 @@ class Settings(BaseSettings):
     escalation_target: str | None = None
     tts_voice: str = "en-us"
     tts_rate_wpm: int = Field(175, ge=80, le=450)
+    # Engines. Defaults need nothing downloaded; the production profile points at model files by path.
+    stt: Literal["pocketsphinx", "faster-whisper"] = "pocketsphinx"
+    whisper_model_dir: Path | None = None  # a CTranslate2 Whisper conversion (model.bin, tokenizer.json)
+    whisper_compute_type: str = "int8"
+    tts: Literal["espeak", "piper"] = "espeak"
+    piper_voice: Path | None = None  # voice.onnx, with voice.onnx.json beside it
+    # Language model for open-ended requests (an OpenAI-compatible server such as vLLM); unset: policy only.
+    llm_url: str | None = None
+    llm_model: str | None = None
+    llm_api_key: SecretStr | None = None
+    llm_timeout_s: float = Field(3.0, gt=0, le=30)
     log_level: str = "INFO"
     # Twilio: the base URL Twilio reaches us at (behind a proxy or ngrok), used for the <Stream> URL and
     # to check X-Twilio-Signature, which signs the URL Twilio requested, not the one we see.
@@ -157,6 +169,12 @@ class Settings(BaseSettings):
             raise ValueError("sip_t2_ms must not be below sip_t1_ms")
         if self.sip_tls_key is not None and self.sip_tls_cert is None:
             raise ValueError("sip_tls_key given without sip_tls_cert")
+        if self.stt == "faster-whisper" and self.whisper_model_dir is None:
+            raise ValueError("SWITCHBOARD_STT=faster-whisper needs SWITCHBOARD_WHISPER_MODEL_DIR")
+        if self.tts == "piper" and self.piper_voice is None:
+            raise ValueError("SWITCHBOARD_TTS=piper needs SWITCHBOARD_PIPER_VOICE (path to voice.onnx)")
+        if self.llm_url and not self.llm_model:
+            raise ValueError("SWITCHBOARD_LLM_URL needs SWITCHBOARD_LLM_MODEL (the served model name)")
         return self
 
     @field_validator("log_level")

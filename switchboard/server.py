@@ -15,11 +15,16 @@ import uvicorn
 from fastapi import FastAPI, HTTPException
 
 from agent.dialogue import DialoguePolicy
-from agent.session import CallSession, SessionTimings
+from agent.engines import SpeechEngine, Synthesizer
+from agent.llm import DEFAULT_SYSTEM_PROMPT, ChatClient, LlmDialogue
+from agent.memory import ConversationMemory
+from agent.router import CircuitBreaker, RoutedDialogue
+from agent.session import CallSession, Dialogue, SessionTimings
 from agent.stt import SpeechModel
 from agent.telemetry import TimedTools
 from agent.transport import CallTransport
 from agent.tts import EspeakSynthesizer
+from agent.vocabulary import DomainVocabulary
 from crm.calls import CallLog
 from crm.db import create_engine_for, session_factory
 from crm.migrate import upgrade_to_head
@@ -84,8 +89,20 @@ class Switchboard:
                 log.info("seeded the demo business into an empty database")
         with self.db() as session:
             vocabulary = load_vocabulary(session)
-        self.speech_model = SpeechModel.build(vocabulary, settings.data_dir / "speech")
-        self.synthesizer = EspeakSynthesizer(voice=settings.tts_voice, rate_wpm=settings.tts_rate_wpm)
+        self.speech_model = self._load_stt(vocabulary)
+        self.synthesizer = self._load_tts()
+        self.chat: ChatClient | None = None
+        if settings.llm_url and settings.llm_model:
+            key = settings.llm_api_key
+            self.chat = ChatClient(
+                settings.llm_url,
+                settings.llm_model,
+                api_key=key.get_secret_value() if key is not None else None,
+                total_timeout_s=settings.llm_timeout_s,
+            )
+            log.info("open-ended requests go to %s (model %s)", settings.llm_url, settings.llm_model)
+        # One breaker per process: once the model server is down, later calls do not each wait it out.
+        self.breaker = CircuitBreaker()
         # Outbox delivery and the disk spool for writes made while the database is down (workers/).
         self.workers = EmbeddedWorkers.start(settings, self.engine)
         self.toolbox = DatabaseToolBox(
@@ -95,6 +112,39 @@ class Switchboard:
             notify=self.workers.wake,
         )
         self.call_log = CallLog(self.db)
+
+    def _load_stt(self, vocabulary: DomainVocabulary) -> SpeechEngine:
+        settings = self.settings
+        if settings.stt == "faster-whisper":
+            from agent.stt_whisper import WhisperEngine  # production profile only
+
+            assert settings.whisper_model_dir is not None  # checked by Settings
+            return WhisperEngine.load(
+                settings.whisper_model_dir,
+                compute_type=settings.whisper_compute_type,
+                num_workers=max(2, os.cpu_count() or 2),
+            )
+        return SpeechModel.build(vocabulary, settings.data_dir / "speech")
+
+    def _load_tts(self) -> Synthesizer:
+        settings = self.settings
+        if settings.tts == "piper":
+            from agent.tts_piper import PiperSynthesizer  # production profile only
+
+            assert settings.piper_voice is not None  # checked by Settings
+            return PiperSynthesizer(settings.piper_voice)
+        return EspeakSynthesizer(voice=settings.tts_voice, rate_wpm=settings.tts_rate_wpm)
+
+    def _dialogue(self, tools: ToolBox, caller_number: str, call_id: str) -> Dialogue:
+        policy = DialoguePolicy(
+            tools, caller_phone=caller_number, call_id=call_id, now=self.toolbox.local_now
+        )
+        llm = None
+        if self.chat is not None:
+            llm = LlmDialogue(
+                self.chat, tools, system_prompt=DEFAULT_SYSTEM_PROMPT, memory=ConversationMemory()
+            )
+        return RoutedDialogue(policy, llm, self.breaker, llm_timeout_s=self.settings.llm_timeout_s)
 
     def _make_app(self) -> FastAPI:
         app = FastAPI(title="Switchboard", version="0.1.0")
@@ -174,12 +224,7 @@ class Switchboard:
             ),
         )
         tools = TimedTools(self.toolbox.for_call(call_id))
-        policy = DialoguePolicy(
-            cast(ToolBox, tools),
-            caller_phone=caller_number,
-            call_id=call_id,
-            now=self.toolbox.local_now,
-        )
+        policy = self._dialogue(cast(ToolBox, tools), caller_number, call_id)
         session = CallSession(
             call_id=call_id,
             transport=transport,

@@ -1,0 +1,271 @@
+"""Turn-taking on a live call: `switchboard serve` in a subprocess, a caller on our own SIP/RTP stack.
+
+Every test speaks real synthesised audio over RTP and judges the agent only by the audio that comes back
+(and the transcript the server keeps): barge-in stops the agent, backchannels and noise do not, line echo
+of the agent's own voice is not taken for the caller, a mid-sentence pause is not the end of a turn, and a
+slow CRM gets a filler instead of dead air.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import json
+import random
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.tts import EspeakSynthesizer
+from telephony.media import MediaClock, RtpPortPool
+from telephony.sip.ua import SipCall, UserAgent
+from tests.e2e.conftest import RunningServer, running_server
+
+pytestmark = pytest.mark.e2e
+
+SPEECH_LEVEL = 1000  # a frame with a sample above this carries speech
+FRAME_S = 0.02
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    with running_server(tmp_path_factory.mktemp("turns")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def voice() -> EspeakSynthesizer:
+    return EspeakSynthesizer(variant="m3")
+
+
+def _loud(frame: bytes) -> bool:
+    samples = array.array("h", frame)
+    return max(samples, default=0) > SPEECH_LEVEL or -min(samples, default=0) > SPEECH_LEVEL
+
+
+class Caller:
+    """One call to the agent: speaks PCM, timestamps every loud frame of the agent's audio, and can
+    echo the agent's audio back into the line like a telephone hybrid."""
+
+    def __init__(self, call: SipCall) -> None:
+        self.call = call
+        self.agent_speech: list[float] = []  # arrival time of each loud agent frame
+        self.echo_gain: float | None = None  # e.g. 0.35 (-9 dB): send the agent's audio back
+        call.audio_sink = self._on_audio
+
+    def _on_audio(self, frame: bytes) -> None:
+        if _loud(frame):
+            self.agent_speech.append(time.monotonic())
+        if self.echo_gain is not None:
+            samples = array.array("h", frame)
+            gain = self.echo_gain
+            self.call.play(array.array("h", (int(s * gain) for s in samples)).tobytes())
+
+    async def speak(self, pcm: bytes) -> tuple[float, float]:
+        """Send audio in real time; returns when its first and last frames left."""
+        self.call.play(pcm)
+        started = time.monotonic()
+        await self.call.wait_drained()
+        return started, time.monotonic()
+
+    async def agent_turn(self, *, quiet_s: float = 0.9, timeout_s: float = 20.0) -> tuple[float, float]:
+        """Wait for the agent to start talking and then fall silent; returns (first, last) speech times."""
+        count = len(self.agent_speech)
+        deadline = time.monotonic() + timeout_s
+        while len(self.agent_speech) == count:
+            if time.monotonic() > deadline or self.call.state == "terminated":
+                raise AssertionError("the agent did not answer")
+            await asyncio.sleep(0.02)
+        first = self.agent_speech[count]
+        while time.monotonic() - self.agent_speech[-1] < quiet_s:
+            if time.monotonic() > deadline:
+                raise AssertionError("the agent did not stop talking")
+            await asyncio.sleep(0.02)
+        return first, self.agent_speech[-1]
+
+    async def agent_starts(self, *, timeout_s: float = 20.0) -> float:
+        count = len(self.agent_speech)
+        deadline = time.monotonic() + timeout_s
+        while len(self.agent_speech) == count:
+            if time.monotonic() > deadline:
+                raise AssertionError("the agent did not start talking")
+            await asyncio.sleep(0.01)
+        return self.agent_speech[count]
+
+
+@contextlib.asynccontextmanager
+async def _dial(server: RunningServer, number: str) -> AsyncIterator[Caller]:
+    ua = UserAgent(
+        advertised_host="127.0.0.1", port_pool=RtpPortPool(45000, 45999), clock=MediaClock(), user="caller"
+    )
+    await ua.start("127.0.0.1", 0)
+    try:
+        call = await ua.invite(
+            server.sip_uri, from_uri=f"<sip:{number}@127.0.0.1>", peer=("127.0.0.1", server.sip_port)
+        )
+        caller = Caller(call)
+        await caller.agent_turn()  # the greeting
+        yield caller
+        if call.state != "terminated":
+            await call.hangup()
+    finally:
+        await ua.close()
+
+
+def _transcript(server: RunningServer, call_id: str) -> dict[str, Any]:
+    time.sleep(0.3)  # the last turn is written just after its audio
+    with urllib.request.urlopen(f"{server.api}/api/calls/{call_id}", timeout=5) as response:
+        result: dict[str, Any] = json.load(response)
+    return result
+
+
+def _silence(seconds: float) -> bytes:
+    return bytes(int(seconds * 8000) * 2)
+
+
+def _noise_burst(seconds: float, level: int = 9000) -> bytes:
+    rng = random.Random(7)
+    return array.array("h", (rng.randint(-level, level) for _ in range(int(seconds * 8000)))).tobytes()
+
+
+LONG_ANSWER = "what are your opening hours"  # answered with ~6 s of speech
+
+
+async def test_barge_in_stops_the_agent_and_keeps_only_what_was_heard(
+    live: RunningServer, voice: EspeakSynthesizer
+) -> None:
+    question = voice.synthesize_8k(LONG_ANSWER)
+    interruption = voice.synthesize_8k("can i talk to a person")
+    async with _dial(live, "+15550100001") as caller:
+        await caller.speak(question)
+        await caller.agent_starts()
+        await asyncio.sleep(1.5)
+        talk = asyncio.ensure_future(caller.speak(interruption))
+        onset = time.monotonic()
+        await asyncio.sleep(1.0)
+        agent_during = [t for t in caller.agent_speech if onset <= t]
+        # The agent's audio stops soon after the caller starts (figures: `switchboard bench agent`).
+        assert agent_during, "the agent was not talking when the caller interrupted"
+        stop = max(agent_during) - onset
+        assert stop < 0.5, f"agent kept talking {stop * 1000:.0f} ms into the caller's speech"
+        await talk
+        await caller.agent_turn()  # the answer to the interruption
+        transcript = _transcript(live, caller.call.call_id)
+    agent_turns = [t for t in transcript["turns"] if t["speaker"] == "agent"]
+    cut = agent_turns[1]
+    assert cut["text"].endswith("...") and len(cut["text"]) < 60, cut
+    assert cut["telemetry"]["outcome"] == "barge_in"
+    callers = [t["text"] for t in transcript["turns"] if t["speaker"] == "caller"]
+    assert "person" in callers[-1]
+
+
+@pytest.mark.parametrize(
+    "interjection",
+    [pytest.param("okay", id="backchannel"), pytest.param(None, id="noise-burst")],
+)
+async def test_backchannel_or_noise_over_the_agent_resumes_the_reply(
+    live: RunningServer, voice: EspeakSynthesizer, interjection: str | None
+) -> None:
+    question = voice.synthesize_8k(LONG_ANSWER)
+    sound = voice.synthesize_8k(interjection) if interjection else _noise_burst(0.12)
+    async with _dial(live, "+15550100001") as caller:
+        await caller.speak(question)
+        first = await caller.agent_starts()
+        await asyncio.sleep(1.5)
+        await caller.speak(sound)
+        _, last = await caller.agent_turn(quiet_s=1.5)
+        transcript = _transcript(live, caller.call.call_id)
+    agent_turns = [t for t in transcript["turns"] if t["speaker"] == "agent"]
+    reply = agent_turns[1]
+    # The whole reply was said and recorded as heard; no answer was given to the interjection.
+    assert reply["text"].startswith("We're open") and reply["text"].endswith("?"), reply
+    assert reply["telemetry"]["outcome"] != "barge_in"
+    assert len(agent_turns) == 2, agent_turns
+    assert last - first > 5.0  # the ~6 s answer played to its end (resumed, not cut)
+
+
+async def test_line_echo_of_the_agent_is_not_taken_for_the_caller(
+    live: RunningServer, voice: EspeakSynthesizer
+) -> None:
+    question = voice.synthesize_8k(LONG_ANSWER)
+    async with _dial(live, "+15550100001") as caller:
+        await caller.speak(question)
+        first = await caller.agent_starts()
+        # From now on every frame received goes straight back at -8 dB (telephone hybrids return at least
+        # 6 dB less), one out per one in, so the echo lags by the media path only.
+        caller.echo_gain = 0.4
+        _, last = await caller.agent_turn(quiet_s=1.5)
+        caller.echo_gain = None
+        transcript = _transcript(live, caller.call.call_id)
+    agent_turns = [t for t in transcript["turns"] if t["speaker"] == "agent"]
+    assert agent_turns[1]["text"].startswith("We're open") and agent_turns[1]["text"].endswith("?")
+    assert agent_turns[1]["telemetry"]["outcome"] != "barge_in"
+    assert last - first > 5.0
+    assert [t["text"] for t in transcript["turns"] if t["speaker"] == "caller"] == [LONG_ANSWER]
+
+
+async def test_a_pause_mid_sentence_is_not_the_end_of_the_turn(
+    live: RunningServer, voice: EspeakSynthesizer
+) -> None:
+    async with _dial(live, "+15550100002") as caller:
+        paused = (
+            voice.synthesize_8k("i'd like to book a") + _silence(0.6) + voice.synthesize_8k("tire rotation")
+        )
+        _, done = await caller.speak(paused)
+        first, _ = await caller.agent_turn()
+        assert first > done - 0.05, "the agent answered during the pause"
+        when = (
+            voice.synthesize_8k("on monday at ten") + _silence(0.45) + voice.synthesize_8k("in the morning")
+        )
+        _, done = await caller.speak(when)
+        first, _ = await caller.agent_turn()
+        assert first > done - 0.05, "the agent answered during the pause"
+        transcript = _transcript(live, caller.call.call_id)
+    turns = transcript["turns"]
+    callers = [t["text"] for t in turns if t["speaker"] == "caller"]
+    assert len(callers) == 2, callers  # two turns, not four
+    assert "10 AM" in [t["text"] for t in turns if t["speaker"] == "agent"][-1]
+
+
+def _lock_orders_table(database_url: str, seconds: float) -> None:
+    import psycopg
+
+    url = database_url.replace("postgresql+psycopg", "postgresql")
+    with psycopg.connect(url) as connection, connection.transaction():
+        connection.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+        time.sleep(seconds)
+
+
+@pytest.mark.postgres
+async def test_a_slow_crm_gets_a_filler_instead_of_dead_air(tmp_path: Path, voice: EspeakSynthesizer) -> None:
+    from crm.scratch import create_postgres_database, drop_postgres_database
+    from tests.crm.databases import require_postgres
+
+    admin_url = require_postgres()
+    database_url = create_postgres_database(admin_url, prefix="switchboard_filler")
+    try:
+        with running_server(tmp_path, database_url) as server:
+            question = voice.synthesize_8k("what's the status of order a one zero four two")
+            async with _dial(server, "+15550100001") as caller:
+                # The orders table stays locked until 1.2 s after the question ends: the lookup waits.
+                hold_s = len(question) / 16000 + 1.2
+                locker = asyncio.get_running_loop().run_in_executor(
+                    None, _lock_orders_table, database_url, hold_s
+                )
+                await asyncio.sleep(0.2)
+                _, spoken = await caller.speak(question)
+                first = await caller.agent_starts()
+                await caller.agent_turn(quiet_s=2.5)
+                await locker
+                transcript = _transcript(server, caller.call.call_id)
+    finally:
+        drop_postgres_database(admin_url, database_url)
+    agent = [t for t in transcript["turns"] if t["speaker"] == "agent"]
+    assert agent[1]["intent"] == "filler", agent
+    assert "order" in agent[2]["text"].lower(), agent
+    assert first - spoken < 1.0  # something was said well before the CRM answered
