@@ -38,7 +38,11 @@ class PrivatePostgres:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
 
     def _run(self, *command: str) -> None:
-        subprocess.run([*self._as_user, *command], check=True, capture_output=True, timeout=60)
+        done = subprocess.run([*self._as_user, *command], capture_output=True, timeout=60, check=False)
+        if done.returncode:
+            raise RuntimeError(
+                f"{' '.join(command)} failed ({done.returncode}): {done.stderr.decode(errors='replace')}"
+            )
 
     def init(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
