@@ -362,7 +362,12 @@ class CallSession:
 
     def _cut_playout(self) -> None:
         """Caller speech over the agent: stop our audio now; whether it was a real barge-in comes later."""
-        played = self._reply_frames_out(self._transport.frames_played)
+        # What reached the caller's ear: frames sent (RTP), or confirmed by marks where the transport can
+        # tell (Twilio buffers audio on its side and drops it on `clear`).
+        heard_counter = getattr(self._transport, "frames_heard", None)
+        if not isinstance(heard_counter, int):
+            heard_counter = self._transport.frames_played
+        played = self._reply_frames_out(heard_counter)
         dropped = self._transport.flush()
         self._out_base = self._transport.frames_played
         self._out_peaks = []
