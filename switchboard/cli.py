@@ -9,6 +9,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
 from switchboard.config import Settings
 
 
@@ -23,16 +25,30 @@ def _serve(args: argparse.Namespace) -> int:
         }.items()
         if value is not None
     }
-    settings = Settings.model_validate(overrides)
+    try:
+        settings = Settings.model_validate(overrides)
+    except ValidationError as exc:
+        print(f"switchboard serve: invalid settings: {_settings_problems(exc)}", file=sys.stderr)
+        return 2
     _configure_logging(settings.log_level)
-    from switchboard.server import run_server
+    from switchboard.server import StartupError, run_server
 
     try:
         run_server(settings)
-    except OSError as exc:
+    except (OSError, StartupError) as exc:
         print(f"switchboard serve: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _settings_problems(exc: ValidationError) -> str:
+    """Pydantic's errors as one line per problem, named by the environment variable that sets it."""
+    problems = []
+    for error in exc.errors():
+        message = str(error["msg"]).removeprefix("Value error, ")
+        where = "_".join(str(part) for part in error["loc"]).upper()
+        problems.append(f"SWITCHBOARD_{where}: {message}" if where else message)
+    return "; ".join(problems)
 
 
 def _call(args: argparse.Namespace) -> int:

@@ -20,10 +20,10 @@ from agent.llm import DEFAULT_SYSTEM_PROMPT, ChatClient, LlmDialogue
 from agent.memory import ConversationMemory
 from agent.router import CircuitBreaker, RoutedDialogue
 from agent.session import CallSession, Dialogue, SessionTimings
-from agent.stt import SpeechModel
+from agent.stt import SpeechModel, SttError
 from agent.telemetry import TimedTools
 from agent.transport import CallTransport
-from agent.tts import EspeakSynthesizer
+from agent.tts import EspeakSynthesizer, TtsError
 from agent.vocabulary import DomainVocabulary
 from crm.calls import CallLog
 from crm.db import create_engine_for, session_factory
@@ -42,6 +42,10 @@ from workers.api import dead_letter_router
 from workers.embedded import EmbeddedWorkers
 
 log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """A configured engine cannot be used: `switchboard serve` prints this (naming the setting) and exits."""
 
 
 class Switchboard:
@@ -119,12 +123,19 @@ class Switchboard:
             from agent.stt_whisper import WhisperEngine  # production profile only
 
             assert settings.whisper_model_dir is not None  # checked by Settings
-            return WhisperEngine.load(
-                settings.whisper_model_dir,
-                compute_type=settings.whisper_compute_type,
-                num_workers=max(2, os.cpu_count() or 2),
-            )
-        return SpeechModel.build(vocabulary, settings.data_dir / "speech")
+            try:
+                return WhisperEngine.load(
+                    settings.whisper_model_dir,
+                    compute_type=settings.whisper_compute_type,
+                    num_workers=max(2, os.cpu_count() or 2),
+                )
+            except SttError as exc:
+                where = f"SWITCHBOARD_WHISPER_MODEL_DIR={settings.whisper_model_dir}"
+                raise StartupError(f"{where}: {exc}") from exc
+        try:
+            return SpeechModel.build(vocabulary, settings.data_dir / "speech")
+        except SttError as exc:
+            raise StartupError(f"SWITCHBOARD_STT=pocketsphinx: {exc}") from exc
 
     def _load_tts(self) -> Synthesizer:
         settings = self.settings
@@ -132,7 +143,10 @@ class Switchboard:
             from agent.tts_piper import PiperSynthesizer  # production profile only
 
             assert settings.piper_voice is not None  # checked by Settings
-            return PiperSynthesizer(settings.piper_voice)
+            try:
+                return PiperSynthesizer(settings.piper_voice)
+            except TtsError as exc:
+                raise StartupError(f"SWITCHBOARD_PIPER_VOICE={settings.piper_voice}: {exc}") from exc
         return EspeakSynthesizer(voice=settings.tts_voice, rate_wpm=settings.tts_rate_wpm)
 
     def _dialogue(self, tools: ToolBox, caller_number: str, call_id: str) -> Dialogue:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -47,21 +49,49 @@ class RunningServer:
         return self.log_path.read_text(errors="replace")
 
 
+# The recogniser's phone-band mapping takes seconds to fit and depends only on the acoustic model (its file
+# name carries a hash of the recipe): every server of a test run starts from the first one's fit.
+_MAPPING_CACHE = Path(tempfile.gettempdir()) / f"switchboard-test-speech-{os.getuid()}"
+
+
+def _reuse_phone_band_mapping(data_dir: Path) -> None:
+    speech = data_dir / "speech"
+    for cached in _MAPPING_CACHE.glob("phone-band-mapping-*.npz"):
+        speech.mkdir(parents=True, exist_ok=True)
+        if not (speech / cached.name).exists():
+            shutil.copyfile(cached, speech / cached.name)
+
+
+def _keep_phone_band_mapping(data_dir: Path) -> None:
+    for fitted in (data_dir / "speech").glob("phone-band-mapping-*.npz"):
+        target = _MAPPING_CACHE / fitted.name
+        if not target.exists():
+            _MAPPING_CACHE.mkdir(parents=True, exist_ok=True)
+            partial = target.with_suffix(f".{os.getpid()}.tmp")
+            shutil.copyfile(fitted, partial)
+            partial.replace(target)
+
+
 @contextlib.contextmanager
-def running_server(data_dir: Path, database_url: str | None = None) -> Iterator[RunningServer]:
-    """`switchboard serve` in a subprocess; SQLite under data_dir unless a database URL is given."""
+def running_server(
+    data_dir: Path, database_url: str | None = None, env: dict[str, str] | None = None
+) -> Iterator[RunningServer]:
+    """`switchboard serve` in a subprocess; SQLite under data_dir unless a database URL is given.
+    `env` adds or overrides variables (e.g. SWITCHBOARD_STT) for this server only."""
     http_port, sip_port = free_port(), free_port(socket.SOCK_DGRAM)
     log_path = data_dir / "serve.log"
-    env = dict(os.environ, SWITCHBOARD_DATA_DIR=str(data_dir), SWITCHBOARD_LOG_LEVEL="INFO")
-    env.pop("SWITCHBOARD_DATABASE_URL", None)
+    environment = dict(os.environ, SWITCHBOARD_DATA_DIR=str(data_dir), SWITCHBOARD_LOG_LEVEL="INFO")
+    environment.pop("SWITCHBOARD_DATABASE_URL", None)
     if database_url is not None:
-        env["SWITCHBOARD_DATABASE_URL"] = database_url
+        environment["SWITCHBOARD_DATABASE_URL"] = database_url
     # Keep the server's RTP ports apart from other servers a test run may start.
     rtp_low = 20000 + (sip_port % 400) * 20
-    env.update(SWITCHBOARD_RTP_PORT_MIN=str(rtp_low), SWITCHBOARD_RTP_PORT_MAX=str(rtp_low + 19))
+    environment.update(SWITCHBOARD_RTP_PORT_MIN=str(rtp_low), SWITCHBOARD_RTP_PORT_MAX=str(rtp_low + 19))
+    environment.update(env or {})
     command = [*switchboard_command(), "serve", "--http-port", str(http_port), "--sip-port", str(sip_port)]
+    _reuse_phone_band_mapping(data_dir)
     with log_path.open("wb") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=environment)
     running = RunningServer(
         http_port, sip_port, data_dir, log_path, database_url or f"sqlite:///{data_dir / 'switchboard.db'}"
     )
@@ -79,6 +109,7 @@ def running_server(data_dir: Path, database_url: str | None = None) -> Iterator[
             if time.monotonic() > deadline:
                 pytest.fail(f"switchboard serve did not become healthy:\n{running.log()}")
             time.sleep(0.2)
+        _keep_phone_band_mapping(data_dir)
         yield running
     finally:
         process.terminate()
