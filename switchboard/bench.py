@@ -45,6 +45,34 @@ def add_bench_commands(commands: Any) -> None:
     outbox.add_argument("--concurrency", type=int, default=1, help="worker pool processes (default 1)")
     outbox.set_defaults(handler=_bench_outbox)
 
+    agent = kinds.add_parser(
+        "agent",
+        help="end-to-end turn latency of N concurrent scripted SIP/RTP callers against `switchboard serve`",
+    )
+    agent.add_argument(
+        "--calls",
+        type=_counts,
+        action="extend",
+        help="concurrent calls; repeat or give a comma list (default 1,10,50,100)",
+    )
+    agent.add_argument(
+        "--seconds-between-calls",
+        type=float,
+        default=0.05,
+        help="stagger between call starts, so set-up is not the measurement (default 0.05: 20 per second)",
+    )
+    agent.add_argument(
+        "--reply-timeout", type=float, default=10.0, help="seconds to wait for each reply (default 10)"
+    )
+    agent.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="the callers' loop")
+    agent.add_argument(
+        "--keep", action="store_true", help="keep the scratch directory (server logs, databases)"
+    )
+    agent.add_argument(
+        "--json", action="store_true", help="print the figures and every turn as JSON on stdout"
+    )
+    agent.set_defaults(handler=_bench_agent)
+
     crm = kinds.add_parser("crm", help="p50/p95 latency of each agent tool on a large PostgreSQL CRM")
     crm.add_argument("--customers", type=int, default=100_000)
     crm.add_argument("--bookings", type=int, default=1_000_000)
@@ -98,6 +126,43 @@ def _bench_media(args: argparse.Namespace) -> int:
         if result.met_target:
             best = max(best or 0, calls)
     print(json.dumps({"largest_calls_meeting_target": best}))
+    return 0
+
+
+def _bench_agent(args: argparse.Namespace) -> int:
+    try:
+        from bench.agent import (
+            format_table,
+            largest_meeting_target,
+            run_agent_bench,
+            scratch_dir,
+            script_outline,
+            summarise,
+        )
+    except ImportError as exc:
+        print(f"switchboard bench: {exc} (run from the project root)", file=sys.stderr)
+        return 1
+    summaries = []
+    with scratch_dir(args.keep) as workdir:
+        for calls in args.calls or [1, 10, 50, 100]:
+            try:
+                result = run_agent_bench(
+                    calls,
+                    workdir=workdir,
+                    seconds_between_calls=args.seconds_between_calls,
+                    reply_timeout=args.reply_timeout,
+                    use_uvloop=args.loop == "uvloop",
+                )
+            except OSError as exc:
+                print(f"switchboard bench agent: {exc}", file=sys.stderr)
+                return 1
+            summaries.append(summarise(result))
+            print(f"bench agent: {calls} calls done", file=sys.stderr, flush=True)
+    print(format_table(summaries), file=sys.stderr)
+    if args.json:
+        best = largest_meeting_target(summaries)
+        document = {"script": script_outline(), "runs": summaries, "largest_calls_p95_within_500ms": best}
+        print(json.dumps(document))
     return 0
 
 

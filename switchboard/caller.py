@@ -65,6 +65,23 @@ def last_speech_sample(pcm: bytes) -> int:
     return -1
 
 
+def first_speech_sample(pcm: bytes) -> int:
+    """Index of the first sample louder than the speech level (-1 if none)."""
+    for index, sample in enumerate(array.array("h", pcm)):
+        if abs(sample) > SPEECH_LEVEL:
+            return index
+    return -1
+
+
+def sample_spoken_at(packet_sent_at: float, offset: int) -> float:
+    """When sample `offset` of a 20 ms frame was spoken, given when the frame's packet left.
+
+    A phone sends a packet once its 20 ms are captured: the sample was spoken (160 - offset) samples
+    before its packet left.
+    """
+    return packet_sent_at - (SAMPLES_PER_FRAME - offset) / 8000
+
+
 class _Listener:
     """Timestamps agent audio as it arrives."""
 
@@ -167,10 +184,7 @@ async def place_test_call(
             await call.wait_drained()
             if last >= 0 and call.state != "terminated":
                 frame_no = base + last // SAMPLES_PER_FRAME + 1
-                offset = last % SAMPLES_PER_FRAME
-                # A phone sends a packet once its 20 ms are captured: the last sample was spoken
-                # (160 - offset) samples before its packet left.
-                spoken_at = sent_at[frame_no] - (SAMPLES_PER_FRAME - offset) / 8000
+                spoken_at = sample_spoken_at(sent_at[frame_no], last % SAMPLES_PER_FRAME)
                 try:
                     heard_at = await asyncio.wait_for(listener.first_speech_after(spoken_at), turn_timeout)
                     turn.latency_ms = round((heard_at - spoken_at) * 1000, 1)
@@ -213,4 +227,13 @@ def format_dialogue(result: CallResult) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["PCM_FRAME_BYTES", "CallResult", "TurnResult", "format_dialogue", "place_test_call"]
+__all__ = [
+    "PCM_FRAME_BYTES",
+    "CallResult",
+    "TurnResult",
+    "first_speech_sample",
+    "format_dialogue",
+    "last_speech_sample",
+    "place_test_call",
+    "sample_spoken_at",
+]
