@@ -406,6 +406,10 @@ class CallSession:
                 task.cancel()
             fillers.cancel()
             self.state = CallState.ENDED
+            close = getattr(self._recognizer, "close", None)
+            if callable(close):  # a pooled recogniser holds memory in a worker process
+                with contextlib.suppress(Exception):
+                    await loop.run_in_executor(self._executor, close)
 
     async def _next_turn(self) -> CallerTurn | None:
         if self._pending:

@@ -40,6 +40,7 @@ class Completeness(enum.Enum):
     COMPLETE = "complete"  # an answer or request the agent can act on
     LIKELY = "likely"  # words the agent does not recognise, nothing dangling
     BARE_TIME = "bare_time"  # ends on a clock hour with nothing saying morning or afternoon
+    SLOT_PENDING = "slot_pending"  # a request whose key detail usually follows ("about my order ...")
     UNFINISHED = "unfinished"  # ends on a word that needs more after it
 
 
@@ -116,6 +117,8 @@ _DANGLING: Final = frozenset(
         "like",
         "need",
         "get",
+        "book",
+        "schedule",
         "um",
         "umm",
         "uh",
@@ -176,7 +179,10 @@ def turn_completeness(text: str) -> Completeness:
     joined = " ".join(words)
     if _ENDS_ON_HOUR.search(joined) and not _DAY_HALF.search(joined):
         return Completeness.BARE_TIME
-    if nlu.classify_intent(joined) is not nlu.Intent.UNKNOWN:
+    intent = nlu.classify_intent(joined)
+    if intent is nlu.Intent.ORDER_STATUS and nlu.parse_order_number(joined) is None:
+        return Completeness.SLOT_PENDING  # "I'm calling about my order" ... "A one zero four two"
+    if intent is not nlu.Intent.UNKNOWN:
         return Completeness.COMPLETE
     slots = (
         nlu.parse_yes_no(joined),
@@ -204,7 +210,8 @@ class HangoverPolicy:
 
     complete_ms: int = 140
     likely_ms: int = 280
-    bare_time_ms: int = 600
+    bare_time_ms: int = 800
+    slot_pending_ms: int = 800
     unfinished_ms: int = 900
     # Trailing silence after which a complete-sounding turn's transcript is finalised early, so the reply
     # is ready when the hangover runs out (undone if the caller goes on).
@@ -215,6 +222,7 @@ class HangoverPolicy:
             Completeness.COMPLETE: self.complete_ms,
             Completeness.LIKELY: self.likely_ms,
             Completeness.BARE_TIME: self.bare_time_ms,
+            Completeness.SLOT_PENDING: self.slot_pending_ms,
             Completeness.UNFINISHED: self.unfinished_ms,
         }[completeness]
 

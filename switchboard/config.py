@@ -134,6 +134,8 @@ class Settings(BaseSettings):
     stt: Literal["pocketsphinx", "faster-whisper"] = "pocketsphinx"
     whisper_model_dir: Path | None = None  # a CTranslate2 Whisper conversion (model.bin, tokenizer.json)
     whisper_compute_type: str = "int8"
+    # pocketsphinx worker processes (it decodes holding the GIL); unset: one per core; 0: in-process.
+    stt_processes: int | None = Field(None, ge=0, le=64)
     tts: Literal["espeak", "piper"] = "espeak"
     piper_voice: Path | None = None  # voice.onnx, with voice.onnx.json beside it
     # Language model for open-ended requests (an OpenAI-compatible server such as vLLM); unset: policy only.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from agent.memory import ConversationMemory
 from agent.router import CircuitBreaker, RoutedDialogue
 from agent.session import CallSession, Dialogue, SessionTimings
 from agent.stt import SpeechModel, SttError
+from agent.stt_pool import RecognizerPool, loaded
 from agent.telemetry import TimedTools
 from agent.transport import CallTransport
 from agent.tts import EspeakSynthesizer, TtsError
@@ -133,7 +135,12 @@ class Switchboard:
                 where = f"SWITCHBOARD_WHISPER_MODEL_DIR={settings.whisper_model_dir}"
                 raise StartupError(f"{where}: {exc}") from exc
         try:
-            return SpeechModel.build(vocabulary, settings.data_dir / "speech")
+            model = SpeechModel.build(vocabulary, settings.data_dir / "speech")
+            processes = settings.stt_processes if settings.stt_processes is not None else os.cpu_count() or 1
+            if processes == 0:
+                return model
+            # pocketsphinx decodes holding the GIL: off the event loop's process, one worker per core.
+            return RecognizerPool(functools.partial(loaded, model), processes=processes)
         except SttError as exc:
             raise StartupError(f"SWITCHBOARD_STT=pocketsphinx: {exc}") from exc
 
@@ -296,6 +303,8 @@ class Switchboard:
         finally:
             await self.ua.close()
             self.workers.stop()
+            if isinstance(self.speech_model, RecognizerPool):
+                self.speech_model.close()
             self.executor.shutdown(wait=False, cancel_futures=True)
             self.engine.dispose()
 

@@ -1,0 +1,104 @@
+"""The turn-taking decisions the session makes from words and levels (the live behaviour is in
+tests/e2e/test_turn_taking.py)."""
+
+from __future__ import annotations
+
+import array
+import math
+
+import pytest
+
+from agent.turn_taking import (
+    Completeness,
+    EchoGate,
+    HangoverPolicy,
+    heard_text,
+    is_backchannel,
+    trim_leading_silence,
+    turn_completeness,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("yes", Completeness.COMPLETE),
+        ("no thanks", Completeness.COMPLETE),
+        ("i'd like to book an oil change", Completeness.COMPLETE),
+        ("on saturday at ten in the morning", Completeness.COMPLETE),
+        ("next tuesday at two thirty", Completeness.COMPLETE),
+        ("my name is dana whitfield", Completeness.COMPLETE),
+        ("order a one zero four two", Completeness.COMPLETE),
+        ("what are your opening hours", Completeness.COMPLETE),
+        ("on saturday at ten", Completeness.BARE_TIME),
+        ("tomorrow at 10", Completeness.BARE_TIME),
+        ("i'm calling about my order", Completeness.SLOT_PENDING),
+        ("i'd like to book a", Completeness.UNFINISHED),
+        ("i'd like to book", Completeness.UNFINISHED),
+        ("can i get my brakes checked on", Completeness.UNFINISHED),
+        ("um", Completeness.UNFINISHED),
+        ("my name is", Completeness.UNFINISHED),
+        ("", Completeness.UNFINISHED),
+        ("purple elephant", Completeness.LIKELY),
+    ],
+)
+def test_completeness_of_what_the_caller_said_so_far(text: str, expected: Completeness) -> None:
+    assert turn_completeness(text) is expected
+
+
+def test_hangovers_grow_with_how_unfinished_the_turn_sounds() -> None:
+    policy = HangoverPolicy()
+    order = [
+        Completeness.COMPLETE,
+        Completeness.LIKELY,
+        Completeness.BARE_TIME,
+        Completeness.UNFINISHED,
+    ]
+    hangovers = [policy.hangover_ms(c) for c in order]
+    assert hangovers == sorted(hangovers) and len(set(hangovers)) == len(hangovers)
+    # A natural mid-sentence pause (~0.5 s) must not end a turn that sounds unfinished.
+    assert policy.hangover_ms(Completeness.BARE_TIME) > 600
+    assert policy.hangover_ms(Completeness.SLOT_PENDING) > 600
+
+
+@pytest.mark.parametrize("text", ["mm hmm", "okay", "uh-huh", "right", "yeah", "I see", "ok sure"])
+def test_backchannels(text: str) -> None:
+    assert is_backchannel(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "stop", "can i talk to a person", "no wait", "okay but what about tuesday"]
+)
+def test_not_backchannels(text: str) -> None:
+    assert not is_backchannel(text)
+
+
+def _tone(amplitude: int, samples: int = 160) -> bytes:
+    return array.array("h", (int(amplitude * math.sin(i / 3)) for i in range(samples))).tobytes()
+
+
+def test_echo_gate_tells_echo_from_the_caller_talking_over_us() -> None:
+    gate = EchoGate(window_frames=4)
+    assert not gate.is_echo(_tone(3000))  # nothing sent: any sound is the caller's
+    gate.far_frame(20000)
+    assert gate.is_echo(_tone(8000))  # -8 dB of what we just sent: echo
+    assert not gate.is_echo(_tone(15000))  # louder than any echo could be: the caller
+    for _ in range(4):
+        gate.far_frame(0)  # our audio stopped; the echo window passes
+    assert not gate.is_echo(_tone(8000))
+
+
+def test_heard_text_keeps_whole_clauses_and_the_heard_share_of_the_cut_one() -> None:
+    clauses = [("We're open Monday to Friday.", 100), ("Saturday nine to one, closed Sunday.", 120)]
+    assert heard_text(clauses, 0) == ""
+    assert heard_text(clauses, 100) == "We're open Monday to Friday."
+    assert heard_text(clauses, 160) == "We're open Monday to Friday. Saturday nine to ..."
+    assert heard_text(clauses, 500) == "We're open Monday to Friday. Saturday nine to one, closed Sunday."
+
+
+def test_trim_leading_silence_keeps_the_onset() -> None:
+    quiet = bytes(800)  # 50 ms of silence
+    speech = _tone(9000, 800)
+    trimmed = trim_leading_silence(quiet + speech)
+    assert len(trimmed) < len(speech) + 64 and trimmed.endswith(speech)
+    assert trim_leading_silence(quiet) == quiet  # all quiet: nothing to trim to
