@@ -59,6 +59,7 @@ _T = TypeVar("_T")
 
 FRAME_BYTES: Final = 320  # 20 ms of 8 kHz PCM16
 PREROLL_FRAMES: Final = 15  # 300 ms kept before the VAD triggers, so word onsets reach the recogniser
+_CURRENT_WITHIN_FRAMES: Final = 8  # a partial lagging the audio by more than 160 ms is stale
 
 
 class CallState(enum.Enum):
@@ -221,6 +222,8 @@ class CallSession:
         self._speculating = False
         self._prepared: _Prepared | None = None
         self._completeness: tuple[str, Completeness] = ("", Completeness.UNFINISHED)
+        self._frames_to_stt = 0  # caller frames queued for the recogniser ...
+        self._frames_recognised = 0  # ... and those its partial already covers
         # Our audio: peaks of every frame queued since `_out_base` frames had been played, for the echo gate.
         self._out_peaks: list[int] = []
         self._out_base = 0
@@ -256,10 +259,10 @@ class CallSession:
         if endpointer.in_speech:
             if endpointer.trailing_silence_ms == 0 and self._speculating:
                 self._undo_speculation()  # the caller went on after a pause
-            self._stt.put_nowait(frame)
+            self._to_stt(frame)
             self._maybe_speculate()
         elif isinstance(event, SpeechEnded):
-            self._stt.put_nowait(frame)
+            self._to_stt(frame)
             silence_ms = endpointer.stream_ms - event.at_ms
             self._last_activity = self._clock()
             self._stt.put_nowait(
@@ -287,11 +290,20 @@ class CallSession:
         self._speculating = False
         self._drop_prepared()
         for buffered in self._preroll:
-            self._stt.put_nowait(buffered)
+            self._to_stt(buffered)
         self._preroll.clear()
-        self._stt.put_nowait(frame)
+        self._to_stt(frame)
         if self.state is CallState.SPEAKING and self._playout is not None:
             self._cut_playout()
+
+    def _to_stt(self, frame: bytes) -> None:
+        self._frames_to_stt += 1
+        self._stt.put_nowait(frame)
+
+    @property
+    def _partial_is_current(self) -> bool:
+        """Whether the partial covers the audio up to about now (the recogniser may lag under load)."""
+        return self._frames_to_stt - self._frames_recognised <= _CURRENT_WITHIN_FRAMES
 
     def _hangover_now(self) -> int:
         text = self._tentative if self._tentative is not None else self._partial
@@ -301,7 +313,11 @@ class CallSession:
         if text != cached_text:
             completeness = turn_completeness(text)
             self._completeness = (text, completeness)
-        return self._timings.hangovers.hangover_ms(completeness)
+        hangover = self._timings.hangovers.hangover_ms(completeness)
+        if self._tentative is None and not self._partial_is_current:
+            # Words judged on stale audio: "on monday" may already be "on monday at eight ...".
+            hangover = max(hangover, self._timings.endpoint_hangover_ms)
+        return hangover
 
     def _maybe_speculate(self) -> None:
         if self._speculating or self.state is not CallState.LISTENING:
@@ -315,7 +331,8 @@ class CallSession:
         self._stt.put_nowait(_Speculate())
         # Work out the reply to the partial meanwhile: when the final transcript agrees (it mostly does),
         # the reply is ready before the recogniser has even finished.
-        self._prepare_for(self._partial, self._turn)
+        if self._partial_is_current:
+            self._prepare_for(self._partial, self._turn)
 
     def _undo_speculation(self) -> None:
         self._speculating = False
@@ -636,12 +653,14 @@ class CallSession:
                 audio = b"".join(batch)
                 turn_audio.append(audio)
                 if tentative is not None:
+                    self._frames_recognised += len(batch)  # kept for a resume; the transcript is final
                     continue
                 try:
                     if not open_utterance:
                         await loop.run_in_executor(self._executor, recognizer.start_utterance)
                         open_utterance = True
                     self._partial = await loop.run_in_executor(self._executor, _feed, recognizer, audio)
+                    self._frames_recognised += len(batch)
                 except Exception:
                     log.exception("call %s: speech recognition failed", self.call_id)
                     open_utterance = await self._restart_recognizer()

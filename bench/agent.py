@@ -85,6 +85,22 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is `pid`, from /proc/<child>/stat (field 4)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                data = stat.read()
+        except OSError:
+            continue
+        if int(data[data.rindex(b")") + 2 :].split()[1]) == pid:
+            children.append(int(entry))
+    return children
+
+
 def _free_port(kind: socket.SocketKind) -> int:
     with socket.socket(socket.AF_INET, kind) as sock:
         sock.bind((HOST, 0))
@@ -136,7 +152,13 @@ class ServerProcess:
         raise OSError(f"switchboard serve did not become healthy in {timeout:.0f} s: {self.log_tail()}")
 
     def cpu_seconds(self) -> float:
-        return process_cpu_seconds(self.process.pid)
+        """The server's CPU including its child processes (the speech-recognition workers)."""
+        pids = [self.process.pid, *_children(self.process.pid)]
+        total = 0.0
+        for pid in pids:
+            with contextlib.suppress(OSError, ValueError, IndexError):  # a child may have just exited
+                total += process_cpu_seconds(pid)
+        return total
 
     def stop(self) -> None:
         if self.process.poll() is None:
