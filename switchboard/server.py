@@ -26,6 +26,7 @@ from agent.stt_pool import RecognizerPool, loaded
 from agent.telemetry import TimedTools
 from agent.transport import CallTransport
 from agent.tts import EspeakSynthesizer, TtsError
+from agent.tts_cache import CachingSynthesizer
 from agent.vocabulary import DomainVocabulary
 from crm.calls import CallLog
 from crm.db import create_engine_for, session_factory
@@ -96,7 +97,7 @@ class Switchboard:
         with self.db() as session:
             vocabulary = load_vocabulary(session)
         self.speech_model = self._load_stt(vocabulary)
-        self.synthesizer = self._load_tts()
+        self.synthesizer = CachingSynthesizer(self._load_tts())
         self.chat: ChatClient | None = None
         if settings.llm_url and settings.llm_model:
             key = settings.llm_api_key
