@@ -17,7 +17,7 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from agent.dialogue import AgentReply, DialoguePolicy
@@ -134,6 +134,7 @@ class RoutedDialogue:
         self._unheard: str | None = None  # the last reply, until the next turn confirms what was heard
         self.last_route: Route | None = None
         self.last_llm_ms: float | None = None  # time the model took on the last turn; None if not asked
+        self.last_reply: AgentReply | None = None
 
     @property
     def facts(self) -> dict[str, str | int]:
@@ -162,6 +163,53 @@ class RoutedDialogue:
     def on_dtmf(self, digit: str) -> AgentReply:
         self._commit_heard()
         return self._said(self._policy.on_dtmf(digit), Route.POLICY)
+
+    def stream(self, text: str) -> Iterator[str] | None:
+        """The model's reply to `text` clause by clause as it is generated, for turns the model takes (so
+        the first clause can be spoken while the rest is written); None for turns the policy keeps or
+        while the breaker is open -- then `respond` answers. Never raises: a failure before the first
+        clause yields the policy's recovery instead, a failure after it a short apology."""
+        if self._llm is None or self._policy.understands(text) or not self._breaker.allow():
+            return None
+        return self._stream_model(self._llm, text)
+
+    def _stream_model(self, llm: LlmDialogue, text: str) -> Iterator[str]:
+        self._commit_heard()
+        started = self._clock()
+        said: list[str] = []
+        failed = True
+        try:
+            llm.memory.update_facts(self._policy.facts)
+            for clause in llm.stream_clauses(text, deadline=started + self._llm_timeout_s):
+                said.append(clause)
+                yield clause
+            failed = False
+        except GeneratorExit:  # the caller barged in: the session stopped asking for clauses
+            self._breaker.record_success()
+            llm.memory.add_caller(text)
+            self._said(AgentReply(" ".join(said), intent="llm"), Route.LLM)
+            raise
+        except LlmError as exc:
+            log.warning("model failed mid-reply, the policy answers: %r", exc)
+        except Exception:  # a bug on the model path must not take the call down either
+            log.exception("model path crashed, the policy answers")
+        finally:
+            self.last_llm_ms = (self._clock() - started) * 1000
+        if failed:
+            self._breaker.record_failure()
+            if said:
+                apology = "Sorry, I lost my train of thought there. Could you say that again?"
+                said.append(apology)
+                yield apology
+                reply, route = AgentReply(" ".join(said), intent="llm"), Route.FALLBACK
+            else:
+                reply, route = self._policy.respond(text), Route.FALLBACK
+                yield reply.text
+        else:
+            self._breaker.record_success()
+            reply, route = AgentReply(" ".join(said), intent="llm"), Route.LLM
+        llm.memory.add_caller(text)
+        self._said(reply, route)
 
     def speculate(self, text: str) -> Speculation | None:
         """A reply to `text` prepared ahead (see agent.speculation), only for turns the policy keeps: the
@@ -211,6 +259,7 @@ class RoutedDialogue:
 
     def _said(self, reply: AgentReply, route: Route) -> AgentReply:
         self.last_route = route
+        self.last_reply = reply
         self._unheard = reply.text
         return reply
 

@@ -31,7 +31,7 @@ import enum
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeVar
@@ -479,6 +479,11 @@ class CallSession:
                         reply = speculation.reply
                     telemetry.tts_first_audio_ms = tts_ms
                     telemetry.outcome = "speculative"
+        stream = getattr(self._policy, "stream", None)
+        if reply is None and turn.kind == "utterance" and callable(stream):
+            clauses = await loop.run_in_executor(self._executor, stream, turn.text)
+            if clauses is not None:  # the language model answers, clause by clause as it writes
+                return await self._say(None, telemetry, started_at=turn.at, stream=clauses)
         if reply is None:
             if turn.kind == "utterance":
                 work = loop.run_in_executor(self._executor, self._policy.respond, turn.text)
@@ -518,20 +523,33 @@ class CallSession:
     # --- speaking -----------------------------------------------------------------------------------
     async def _say(
         self,
-        reply: AgentReply,
+        reply: AgentReply | None,
         telemetry: TurnTelemetry,
         *,
         started_at: float,
         first_pcm: bytes | None = None,
+        stream: Iterator[str] | None = None,
     ) -> bool:
-        """Say a reply (resuming it over backchannels); returns False when the call is over afterwards."""
+        """Say a reply (resuming it over backchannels), or the clauses of `stream` as they come; returns
+        False when the call is over afterwards."""
         loop = asyncio.get_running_loop()
         self._enter(CallState.SPEAKING)
         self._interrupted.clear()
         playout = _Playout(start_index=self._queued_ahead())
         self._playout = playout
         barged_in = False
-        for index, clause in enumerate(split_sentences(reply.text)):
+        clauses: Iterator[str] = (
+            stream if stream is not None else iter(split_sentences(reply.text if reply else ""))
+        )
+        index = 0
+        while True:
+            if stream is None:
+                clause = next(clauses, None)
+            else:
+                fetch = loop.run_in_executor(self._executor, next, clauses, None)
+                clause = await (self._await_with_fillers(fetch, telemetry) if index == 0 else fetch)
+            if clause is None:
+                break
             if index == 0 and first_pcm is not None:
                 pcm = first_pcm
             else:
@@ -547,6 +565,17 @@ class CallSession:
                 telemetry.e2e_ms = (self._clock() - started_at) * 1000
             playout.clauses.append((clause, self._queue_audio(pcm)))
             playout.pcm.append(pcm)
+            index += 1
+        if stream is not None:
+            if barged_in:  # stop the model's reply where the caller cut in
+                await loop.run_in_executor(self._executor, _close, stream)
+            streamed = getattr(self._policy, "last_reply", None)
+            reply = (
+                streamed if isinstance(streamed, AgentReply) else AgentReply(" ".join(playout_texts(playout)))
+            )
+            telemetry.intent = reply.intent
+            telemetry.llm_ms = float(getattr(self._policy, "last_llm_ms", 0.0) or 0.0)
+        assert reply is not None
         if not barged_in:
             barged_in = not await self._drain(playout)
         self._playout = None
@@ -765,6 +794,16 @@ class CallSession:
             await loop.run_in_executor(self._executor, self._transcript.add_turn, self.call_id, turn)
         except Exception:  # the transcript must never take the call down
             log.exception("call %s: could not record a turn", self.call_id)
+
+
+def _close(stream: Iterator[str]) -> None:
+    close = getattr(stream, "close", None)
+    if callable(close):
+        close()
+
+
+def playout_texts(playout: _Playout) -> list[str]:
+    return [text for text, _ in playout.clauses if text]
 
 
 def _feed(recognizer: StreamingRecognizer, audio: bytes) -> str:

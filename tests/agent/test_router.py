@@ -319,3 +319,71 @@ def test_facts_combine_the_policy_and_the_models_tools(
     facts = dialogue.facts
     assert facts["customer_name"] == "Dana Whitfield"
     assert facts["order_status"] == "ready for pickup"
+
+
+# --- streaming the model's reply clause by clause ------------------------------------------------------
+
+
+def test_stream_hands_over_the_first_clause_before_the_model_has_finished(
+    toolbox: DatabaseToolBox, chat: ChatClient, llm_server: OpenAIServer
+) -> None:
+    gate = threading.Event()
+    llm_server.script(
+        Completion(
+            text=("Yes, every repair carries a twelve month warranty. ", "Parts and labour both."), gate=gate
+        )
+    )
+    dialogue = routed(toolbox, chat)
+    dialogue.greet()
+    assert dialogue.stream("what are your opening hours") is None  # the policy's turn
+    clauses = dialogue.stream(OPEN_ENDED)
+    assert clauses is not None
+    assert next(clauses) == "Yes, every repair carries a twelve month warranty."  # the rest is held back
+    gate.set()
+    assert list(clauses) == ["Parts and labour both."]
+    assert route(dialogue) is Route.LLM and dialogue.last_reply is not None
+    assert dialogue.last_reply.intent == "llm"
+    assert dialogue.last_llm_ms is not None and dialogue.last_llm_ms > 0
+
+
+def test_stream_falls_back_to_the_policy_when_the_model_fails_before_a_word(
+    toolbox: DatabaseToolBox, chat: ChatClient, llm_server: OpenAIServer
+) -> None:
+    llm_server.script(HttpError(500, "engine overloaded", type="InternalServerError"))
+    dialogue, twin = routed(toolbox, chat), new_policy(toolbox)
+    dialogue.greet(), twin.greet()
+    clauses = dialogue.stream(OPEN_ENDED)
+    assert clauses is not None
+    assert list(clauses) == [twin.respond(OPEN_ENDED).text]
+    assert route(dialogue) is Route.FALLBACK
+
+
+def test_stream_apologises_when_the_model_drops_mid_reply(
+    toolbox: DatabaseToolBox, chat: ChatClient, llm_server: OpenAIServer
+) -> None:
+    llm_server.script(
+        Completion(text=("We do offer a warranty. ", "It covers ", "parts"), drop_after_chunks=3)
+    )
+    dialogue = routed(toolbox, chat)
+    dialogue.greet()
+    clauses = dialogue.stream(OPEN_ENDED)
+    assert clauses is not None
+    said = list(clauses)
+    assert said[0] == "We do offer a warranty." and said[-1].startswith("Sorry, I lost my train of thought")
+    assert route(dialogue) is Route.FALLBACK
+
+
+def test_a_stream_cut_by_barge_in_is_remembered_as_far_as_it_went(
+    toolbox: DatabaseToolBox, chat: ChatClient, llm_server: OpenAIServer
+) -> None:
+    llm_server.script(Completion(text=("We do offer a warranty. ", "It covers parts and labour for a year.")))
+    dialogue = routed(toolbox, chat)
+    dialogue.greet()
+    clauses = dialogue.stream(OPEN_ENDED)
+    assert clauses is not None
+    assert next(clauses) == "We do offer a warranty."
+    clauses.close()  # what the session does when the caller talks over the reply
+    dialogue.heard("We do offer a ...")
+    dialogue.respond("what are your opening hours")
+    recent = [turn.text for turn in memory_of(dialogue).recent]
+    assert "We do offer a ..." in recent and OPEN_ENDED in recent
