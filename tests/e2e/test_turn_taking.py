@@ -229,7 +229,10 @@ async def test_a_pause_mid_sentence_is_not_the_end_of_the_turn(
     turns = transcript["turns"]
     callers = [t["text"] for t in turns if t["speaker"] == "caller"]
     assert len(callers) == 2, callers  # two turns, not four
-    assert "10 AM" in [t["text"] for t in turns if t["speaker"] == "agent"][-1]
+    agent = [t for t in turns if t["speaker"] == "agent"]
+    assert "10 AM" in agent[-1]["text"]
+    # The reply to the finished request was worked out during the final pause, before the turn ended.
+    assert agent[1]["telemetry"]["outcome"] == "speculative", agent[1]
 
 
 def _lock_orders_table(database_url: str, seconds: float) -> None:
@@ -269,3 +272,27 @@ async def test_a_slow_crm_gets_a_filler_instead_of_dead_air(tmp_path: Path, voic
     assert agent[1]["intent"] == "filler", agent
     assert "order" in agent[2]["text"].lower(), agent
     assert first - spoken < 1.0  # something was said well before the CRM answered
+
+
+async def test_silence_gets_reprompts_then_a_polite_goodbye(tmp_path: Path) -> None:
+    with running_server(tmp_path, env={"SWITCHBOARD_REPROMPT_AFTER_S": "2"}) as server:
+        async with _dial(server, "+15550100001") as caller:
+            greeting_end = caller.agent_speech[-1]
+            spans = []
+            for _ in range(3):  # two reprompts, then the goodbye
+                spans.append(await caller.agent_turn(quiet_s=0.9, timeout_s=10))
+            for _ in range(50):
+                if caller.call.state == "terminated":
+                    break
+                await asyncio.sleep(0.1)
+            assert caller.call.state == "terminated", "the agent did not hang up after the goodbye"
+            transcript = _transcript(server, caller.call.call_id)
+    # Each prompt came about 2 s after the agent's previous words: never a long dead line.
+    previous_end = greeting_end
+    for start, end in spans:
+        assert 1.5 < start - previous_end < 4.0, (start - previous_end, spans)
+        previous_end = end
+    agent = [t for t in transcript["turns"] if t["speaker"] == "agent"]
+    assert [t["intent"] for t in agent[1:]] == ["silence", "silence", "silence"]
+    assert agent[1]["text"].startswith("Are you still there?")
+    assert agent[-1]["text"].endswith("Goodbye.") and transcript["hangup_by"] == "agent"
