@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -508,6 +509,83 @@ class SpeechModel:
         recognizer = Recognizer(self._settings.new_decoder(), self.mapping)
         recognizer.seed_cepstral_mean(self._telephone_cmn)
         return recognizer
+
+
+class SpeechModels:
+    """The speech model for the business's current vocabulary, rebuilt when that vocabulary changes.
+
+    A `SpeechEngine`: ``new_recognizer()`` hands out recognisers of the current model. ``refresh()``
+    compares the vocabulary's fingerprint with the current model's and rebuilds only on a change, in the
+    calling thread (the server runs it in a worker thread; a build takes 1-3 s). The new model replaces
+    the old one in a single assignment, so calls that start afterwards get the new model while calls in
+    progress keep the recogniser (and decoder) they have. The phone-band mapping does not depend on the
+    vocabulary and is read from the cache in ``workdir``, never refitted by a rebuild.
+
+    Each build gets a directory of its own under ``workdir/models``; the current and the previous one
+    are kept (a recogniser pool may still create decoders from the previous model until it is told
+    about the new one), older ones are removed.
+    """
+
+    _KEEP: Final = 2
+
+    def __init__(
+        self,
+        vocab: DomainVocabulary,
+        workdir: Path,
+        *,
+        search: SearchKind = "ngram",
+        mapping_cache: Path | None = None,
+    ) -> None:
+        self._workdir = workdir
+        self._search: SearchKind = search
+        self._mapping_cache = mapping_cache or workdir
+        self._lock = threading.Lock()  # one build at a time
+        self._builds = 0
+        self._directories: list[Path] = []
+        fingerprint = vocab.fingerprint()
+        self._current: tuple[str, SpeechModel] = (fingerprint, self._build(vocab, fingerprint))
+
+    @property
+    def current(self) -> SpeechModel:
+        return self._current[1]
+
+    @property
+    def fingerprint(self) -> str:
+        """The fingerprint of the vocabulary the current model was built from."""
+        return self._current[0]
+
+    def new_recognizer(self) -> Recognizer:
+        return self._current[1].new_recognizer()
+
+    def refresh(self, vocab: DomainVocabulary) -> bool:
+        """Rebuild if ``vocab`` differs from the current model's; True if the model was replaced.
+
+        Raises SttError if the build fails; the current model then stays in service.
+        """
+        fingerprint = vocab.fingerprint()
+        if fingerprint == self._current[0]:
+            return False
+        with self._lock:
+            if fingerprint == self._current[0]:  # another thread built it while this one waited
+                return False
+            model = self._build(vocab, fingerprint)
+            self._current = (fingerprint, model)
+            self._remove_old_builds()
+        log.info("speech model rebuilt for vocabulary %s", fingerprint[:12])
+        return True
+
+    def _build(self, vocab: DomainVocabulary, fingerprint: str) -> SpeechModel:
+        self._builds += 1
+        directory = self._workdir / "models" / f"{fingerprint[:16]}-{os.getpid()}-{self._builds}"
+        if directory.exists():
+            shutil.rmtree(directory, ignore_errors=True)  # left by an earlier process with the same pid
+        model = SpeechModel.build(vocab, directory, search=self._search, mapping_cache=self._mapping_cache)
+        self._directories.append(directory)
+        return model
+
+    def _remove_old_builds(self) -> None:
+        while len(self._directories) > self._KEEP:
+            shutil.rmtree(self._directories.pop(0), ignore_errors=True)
 
 
 def _cached_mapping(acoustic_model: Path, cache_dir: Path) -> PhoneBandMapping:

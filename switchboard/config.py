@@ -136,6 +136,8 @@ class Settings(BaseSettings):
     whisper_compute_type: str = "int8"
     # pocketsphinx worker processes (it decodes holding the GIL); unset: one per core; 0: in-process.
     stt_processes: int | None = Field(None, ge=0, le=64)
+    # How often to check whether the CRM's vocabulary changed and rebuild the language model (s; 0: never).
+    vocabulary_refresh_s: float = Field(60.0, ge=0)
     tts: Literal["espeak", "piper"] = "espeak"
     piper_voice: Path | None = None  # voice.onnx, with voice.onnx.json beside it
     # Language model for open-ended requests (an OpenAI-compatible server such as vLLM); unset: policy only.

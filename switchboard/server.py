@@ -21,7 +21,7 @@ from agent.llm import DEFAULT_SYSTEM_PROMPT, ChatClient, LlmDialogue
 from agent.memory import ConversationMemory
 from agent.router import CircuitBreaker, RoutedDialogue
 from agent.session import CallSession, Dialogue, SessionTimings
-from agent.stt import SpeechModel, SttError
+from agent.stt import SpeechModels, SttError
 from agent.stt_pool import RecognizerPool, loaded
 from agent.telemetry import TimedTools
 from agent.transport import CallTransport
@@ -83,6 +83,8 @@ class Switchboard:
         self.app = self._make_app()
         self.sessions: dict[str, CallSession] = {}
 
+    speech_models: SpeechModels | None = None  # pocketsphinx only
+
     def prepare(self) -> None:
         """Blocking start-up work: migrations, demo seed, speech model (run before the loop serves calls)."""
         settings = self.settings
@@ -136,14 +138,39 @@ class Switchboard:
                 where = f"SWITCHBOARD_WHISPER_MODEL_DIR={settings.whisper_model_dir}"
                 raise StartupError(f"{where}: {exc}") from exc
         try:
-            model = SpeechModel.build(vocabulary, settings.data_dir / "speech")
+            # The language model is built from the CRM's own vocabulary and rebuilt when it changes.
+            self.speech_models = SpeechModels(vocabulary, settings.data_dir / "speech")
             processes = settings.stt_processes if settings.stt_processes is not None else os.cpu_count() or 1
             if processes == 0:
-                return model
+                return self.speech_models
             # pocketsphinx decodes holding the GIL: off the event loop's process, one worker per core.
-            return RecognizerPool(functools.partial(loaded, model), processes=processes)
+            return RecognizerPool(functools.partial(loaded, self.speech_models.current), processes=processes)
         except SttError as exc:
             raise StartupError(f"SWITCHBOARD_STT=pocketsphinx: {exc}") from exc
+
+    def refresh_speech_model(self) -> bool:
+        """Rebuild the recogniser's language model if the CRM's vocabulary (customer names, services,
+        parts, order numbers) changed; calls that start afterwards use it. Blocking: run off the loop."""
+        models = self.speech_models
+        if models is None:
+            return False
+        with self.db() as session:
+            vocabulary = load_vocabulary(session)
+        if not models.refresh(vocabulary):
+            return False
+        if isinstance(self.speech_model, RecognizerPool):
+            self.speech_model.replace_engine(models.current)
+        return True
+
+    async def _keep_speech_model_current(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.settings.vocabulary_refresh_s
+        while interval > 0:
+            await asyncio.sleep(interval)
+            try:
+                await loop.run_in_executor(self.executor, self.refresh_speech_model)
+            except Exception:  # the current model stays in service
+                log.exception("could not rebuild the speech model")
 
     def _load_tts(self) -> Synthesizer:
         settings = self.settings
@@ -283,6 +310,7 @@ class Switchboard:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self.executor, self.prepare)
         await self.ua.start(self.settings.sip_host, self.settings.sip_port)
+        refresher = asyncio.create_task(self._keep_speech_model_current())
         log.info(
             "SIP on %s at %s, HTTP on http://%s:%d, database %s",
             ", ".join(f"{name.lower()}:{port}" for name, port in self.ua.ports.items()),
@@ -302,6 +330,7 @@ class Switchboard:
         try:
             await server.serve()
         finally:
+            refresher.cancel()
             await self.ua.close()
             self.workers.stop()
             if isinstance(self.speech_model, RecognizerPool):

@@ -7,6 +7,7 @@ G.711 mu-law encode/decode -> Recognizer. Bounds are set from measured WERs with
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from pathlib import Path
@@ -23,7 +24,7 @@ from agent.lm import (
     trigram_arpa,
     write_domain_model,
 )
-from agent.stt import Recognizer, SpeechModel, SttError
+from agent.stt import Recognizer, SpeechModel, SpeechModels, SttError
 from agent.tts import EspeakSynthesizer
 from agent.vocabulary import DomainVocabulary
 
@@ -266,3 +267,110 @@ def test_recognizers_are_independent(
         second.feed(hours[offset : offset + FRAME])
     assert first.end_utterance() == "yes"
     assert second.end_utterance() == "what are your opening hours"
+
+
+def _prefix_agreement(partial: str, final: str) -> float:
+    """The share of ``final``'s words that ``partial`` already has, in order, from the start."""
+    agreed = 0
+    for heard, meant in zip(partial.split(), final.split(), strict=False):
+        if heard != meant:
+            break
+        agreed += 1
+    return agreed / len(final.split())
+
+
+def test_partials_grow_towards_the_final_text(
+    speech_model: SpeechModel, phone_audio: dict[tuple[str, str], bytes]
+) -> None:
+    """Polled every 100 ms while 20 ms frames arrive, as the call session does for endpointing."""
+    lines = [line for line in CALLER_LINES if len(line.split()) >= 5]
+    by_quarter: list[list[float]] = [[], [], [], []]
+    for variant in TEST_VOICES:
+        recognizer = speech_model.new_recognizer()
+        for line in lines:
+            audio = phone_audio[(variant, line)]
+            recognizer.start_utterance()
+            polls: list[tuple[float, str]] = []
+            for index, offset in enumerate(range(0, len(audio), FRAME)):
+                recognizer.feed(audio[offset : offset + FRAME])
+                if index % 5 == 4:
+                    partial = recognizer.partial()
+                    assert recognizer.partial() == partial  # no new audio, same answer
+                    polls.append(((offset + FRAME) / len(audio), partial))
+            final = recognizer.end_utterance()
+            for quarter in range(4):
+                upto = [partial for position, partial in polls if position <= (quarter + 1) / 4]
+                by_quarter[quarter].append(_prefix_agreement(upto[-1], final) if upto else 0.0)
+    means = [sum(values) / len(values) for values in by_quarter]
+    print("\nshare of the final transcript already in the partial, by quarter of the audio:", means)
+    assert means[0] < means[1] < means[2] <= means[3]
+    assert means[3] >= 0.85  # once the audio is in, the partial is (nearly) the final text
+    assert means[1] >= 0.2  # halfway through, the first words are there
+
+
+def test_vocabulary_fingerprint_ignores_order_and_case() -> None:
+    shuffled = dataclasses.replace(
+        DEMO_VOCABULARY,
+        services=tuple(reversed(DEMO_VOCABULARY.services)),
+        customer_names=tuple(name.upper() for name in DEMO_VOCABULARY.customer_names),
+    )
+    assert shuffled.fingerprint() == DEMO_VOCABULARY.fingerprint()
+    grown = dataclasses.replace(DEMO_VOCABULARY, customer_names=(*DEMO_VOCABULARY.customer_names, "Ana Ruiz"))
+    assert grown.fingerprint() != DEMO_VOCABULARY.fingerprint()
+
+
+def test_speech_models_rebuild_when_the_crm_vocabulary_changes(
+    tmp_path: Path, speech_model: SpeechModel, voices: dict[str, EspeakSynthesizer]
+) -> None:
+    # The session model's directory holds the fitted phone-band mapping; reusing it must not refit.
+    cache = speech_model.files.language_model.parent
+    (mapping_file,) = cache.glob("phone-band-mapping-*.npz")
+    fitted_at = mapping_file.stat().st_mtime_ns
+    models = SpeechModels(DEMO_VOCABULARY, tmp_path / "speech", mapping_cache=cache)
+    first = models.current
+    reordered = dataclasses.replace(DEMO_VOCABULARY, services=tuple(reversed(DEMO_VOCABULARY.services)))
+    assert not models.refresh(reordered)
+    assert models.current is first
+
+    in_call = models.new_recognizer()  # a call that started before the data changed
+    changed = dataclasses.replace(
+        DEMO_VOCABULARY,
+        services=(*DEMO_VOCABULARY.services, "wheel alignment"),
+        customer_names=(*DEMO_VOCABULARY.customer_names, "Svetlana Okafor"),
+    )
+    assert models.refresh(changed)
+    assert models.current is not first
+    assert models.fingerprint == changed.fingerprint()
+    assert mapping_file.stat().st_mtime_ns == fitted_at
+    assert (
+        models.current.mapping.weights == first.mapping.weights
+    ).all()  # read from the cache, not refitted
+
+    voice = voices["f2"]
+    booking, name = (
+        phone_line("i'd like to book a wheel alignment", voice),
+        phone_line("my name is svetlana okafor", voice),
+    )
+    new_call = models.new_recognizer()
+    assert "wheel alignment" in new_call.transcribe(booking)
+    assert "svetlana okafor" in new_call.transcribe(name)
+    # The call in progress keeps its model, which has no such name.
+    assert "svetlana" not in in_call.transcribe(name)
+
+    assert not models.refresh(changed)  # same data again: nothing rebuilt
+    assert models.refresh(DEMO_VOCABULARY)
+    assert len(list((tmp_path / "speech" / "models").iterdir())) == 2  # current and previous build
+
+
+def test_a_voice_nothing_was_fitted_or_tuned_on_with_held_out_phrasing(speech_model: SpeechModel) -> None:
+    """Issue 5's target: <= 10 % WER on sentences phrased differently from the LM's corpus, at 8 kHz
+    mu-law, by a voice the mapping was not fitted on (`_MAPPING_VOICES`) nor the tests tuned on (m3, f2):
+    espeak-ng's m8 at 150 words per minute. Measured 7.2 % over two takes (espeak varies a little)."""
+    voice = EspeakSynthesizer(variant="m8", rate_wpm=150)
+    pairs = []
+    for _take in range(2):
+        recognizer = speech_model.new_recognizer()
+        pairs += [(line, recognizer.transcribe(phone_line(line, voice))) for line in HELD_OUT_LINES]
+    rate = word_error_rate(pairs)
+    print(f"\nWER of the held-out voice m8@150 on held-out lines: {rate:.1%}")
+    assert rate <= 0.10
