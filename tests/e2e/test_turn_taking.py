@@ -220,7 +220,7 @@ async def test_a_pause_mid_sentence_is_not_the_end_of_the_turn(
         first, _ = await caller.agent_turn()
         assert first > done - 0.05, "the agent answered during the pause"
         when = (
-            voice.synthesize_8k("on monday at ten") + _silence(0.45) + voice.synthesize_8k("in the morning")
+            voice.synthesize_8k("on tuesday at ten") + _silence(0.45) + voice.synthesize_8k("in the morning")
         )
         _, done = await caller.speak(when)
         first, _ = await caller.agent_turn()
