@@ -189,6 +189,7 @@ class CallSession:
         timings: SessionTimings = SessionTimings(),
         escalation_target: str | None = None,
         tools: TimedTools | None = None,
+        stt_executor: Executor | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._escalation_target = escalation_target
@@ -199,6 +200,8 @@ class CallSession:
         self._synth = synthesizer
         self._transcript = transcript
         self._executor = executor
+        # Recogniser calls wait on speech workers; apart, they cannot starve the dialogue and synthesis.
+        self._stt_executor = stt_executor or executor
         self._timings = timings
         self._tools = tools
         self._clock = clock
@@ -396,7 +399,7 @@ class CallSession:
     # --- main loop ----------------------------------------------------------------------------------
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        self._recognizer = await loop.run_in_executor(self._executor, self._speech_model.new_recognizer)
+        self._recognizer = await loop.run_in_executor(self._stt_executor, self._speech_model.new_recognizer)
         self._tasks.append(asyncio.create_task(self._recognise()))
         fillers = loop.run_in_executor(self._executor, self._synthesize_fillers)
         try:
@@ -426,7 +429,7 @@ class CallSession:
             close = getattr(self._recognizer, "close", None)
             if callable(close):  # a pooled recogniser holds memory in a worker process
                 with contextlib.suppress(Exception):
-                    await loop.run_in_executor(self._executor, close)
+                    await loop.run_in_executor(self._stt_executor, close)
 
     async def _next_turn(self) -> CallerTurn | None:
         if self._pending:
@@ -686,9 +689,9 @@ class CallSession:
                     continue
                 try:
                     if not open_utterance:
-                        await loop.run_in_executor(self._executor, recognizer.start_utterance)
+                        await loop.run_in_executor(self._stt_executor, recognizer.start_utterance)
                         open_utterance = True
-                    self._partial = await loop.run_in_executor(self._executor, _feed, recognizer, audio)
+                    self._partial = await loop.run_in_executor(self._stt_executor, _feed, recognizer, audio)
                     self._frames_recognised += len(batch)
                 except Exception:
                     log.exception("call %s: speech recognition failed", self.call_id)
@@ -698,7 +701,7 @@ class CallSession:
                     continue
                 turn = self._turn
                 try:
-                    tentative = await loop.run_in_executor(self._executor, recognizer.end_utterance)
+                    tentative = await loop.run_in_executor(self._stt_executor, recognizer.end_utterance)
                 except Exception:
                     log.exception("call %s: speech recognition failed", self.call_id)
                     tentative = ""
@@ -711,9 +714,9 @@ class CallSession:
                     continue
                 tentative = None
                 try:
-                    await loop.run_in_executor(self._executor, recognizer.start_utterance)
+                    await loop.run_in_executor(self._stt_executor, recognizer.start_utterance)
                     self._partial = await loop.run_in_executor(
-                        self._executor, _feed, recognizer, b"".join(turn_audio)
+                        self._stt_executor, _feed, recognizer, b"".join(turn_audio)
                     )
                     open_utterance = True
                 except Exception:
@@ -724,7 +727,7 @@ class CallSession:
                 finished_at = self._clock()
                 if open_utterance:
                     try:
-                        text = await loop.run_in_executor(self._executor, recognizer.end_utterance)
+                        text = await loop.run_in_executor(self._stt_executor, recognizer.end_utterance)
                     except Exception:
                         log.exception("call %s: speech recognition failed", self.call_id)
                     finished_at = self._clock()
@@ -753,7 +756,9 @@ class CallSession:
     async def _restart_recognizer(self) -> bool:
         loop = asyncio.get_running_loop()
         with contextlib.suppress(Exception):
-            self._recognizer = await loop.run_in_executor(self._executor, self._speech_model.new_recognizer)
+            self._recognizer = await loop.run_in_executor(
+                self._stt_executor, self._speech_model.new_recognizer
+            )
         return False
 
     def _on_tentative(self, text: str, turn: int) -> None:

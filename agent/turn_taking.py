@@ -39,7 +39,7 @@ __all__ = [
 class Completeness(enum.Enum):
     COMPLETE = "complete"  # an answer or request the agent can act on
     LIKELY = "likely"  # words the agent does not recognise, nothing dangling
-    BARE_TIME = "bare_time"  # ends on a clock hour with nothing saying morning or afternoon
+    BARE_TIME = "bare_time"  # ends on a clock hour (or a date) with nothing saying morning or afternoon
     SLOT_PENDING = "slot_pending"  # a request whose key detail usually follows ("about my order ...")
     UNFINISHED = "unfinished"  # ends on a word that needs more after it
 
@@ -135,6 +135,14 @@ _DAY_HALF = re.compile(
 )
 _HOURS = "one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|1[0-2]|[1-9]|\\d{1,2}:\\d\\d"
 _ENDS_ON_HOUR = re.compile(rf"\b(?:at|for|around|about|by)\s+(?:{_HOURS})$")
+# "... on the eighth" is a date the caller may still put a time on -- and, on a phone line, is also what
+# "... at eight" can sound like to the recogniser.
+_ORDINALS = (
+    "first|second|third|fourth|fifth|sixth|seventh|eighth|ninth|tenth|eleventh|twelfth|thirteenth|"
+    "fourteenth|fifteenth|sixteenth|seventeenth|eighteenth|nineteenth|twentieth|thirtieth|"
+    "\\d{1,2}(?:st|nd|rd|th)"
+)
+_ENDS_ON_DATE = re.compile(rf"\bthe\s+(?:twenty\s+|thirty\s+)?(?:{_ORDINALS})$")
 
 _BACKCHANNEL_WORDS: Final = frozenset(
     [
@@ -177,7 +185,7 @@ def turn_completeness(text: str) -> Completeness:
     if words[-1] in _DANGLING:
         return Completeness.UNFINISHED
     joined = " ".join(words)
-    if _ENDS_ON_HOUR.search(joined) and not _DAY_HALF.search(joined):
+    if (_ENDS_ON_HOUR.search(joined) or _ENDS_ON_DATE.search(joined)) and not _DAY_HALF.search(joined):
         return Completeness.BARE_TIME
     intent = nlu.classify_intent(joined)
     if intent is nlu.Intent.ORDER_STATUS and nlu.parse_order_number(joined) is None:

@@ -32,6 +32,8 @@ from agent.turn_taking import (
         ("what are your opening hours", Completeness.COMPLETE),
         ("on saturday at ten", Completeness.BARE_TIME),
         ("tomorrow at 10", Completeness.BARE_TIME),
+        ("on the eighth", Completeness.BARE_TIME),
+        ("on the twenty first", Completeness.BARE_TIME),
         ("i'm calling about my order", Completeness.SLOT_PENDING),
         ("i'd like to book a", Completeness.UNFINISHED),
         ("i'd like to book", Completeness.UNFINISHED),
