@@ -32,7 +32,7 @@ def add_bench_commands(commands: Any) -> None:
         help="read RTP through one epoll set (default) or one asyncio endpoint per socket",
     )
     media.add_argument(
-        "--phases", type=int, default=1, help="media clock timers spread over the 20 ms (default 1)"
+        "--phases", type=int, default=4, help="media clock timers spread over the 20 ms (default 4, as serve)"
     )
     media.add_argument("--ports", default="50000-54999", help="UDP port range for the calls' RTP/RTCP")
     media.set_defaults(handler=_bench_media)

@@ -1,14 +1,23 @@
 """G.711 (mu-law / A-law) and sample-rate conversion for 16-bit little-endian mono PCM.
 
 audioop does the arithmetic in C (about 0.2-0.6 us per 20 ms frame); it is deprecated in the stdlib from
-3.11 and removed in 3.13, where the `audioop-lts` package provides the same module.
+3.11 and removed in 3.13, where the `audioop-lts` package provides the same module. Long chunks (a reply's
+audio queued at once) are encoded by a numpy table lookup instead, built from audioop itself so the bytes
+are the same: 6 us instead of 20 for a second of audio.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 if sys.version_info < (3, 13):
     with warnings.catch_warnings():
@@ -27,12 +36,33 @@ def _whole_samples(pcm: bytes) -> bytes:
     return pcm[: len(pcm) - len(pcm) % SAMPLE_WIDTH]
 
 
+_TABLE_FROM_BYTES = 2048  # from about 1,000 samples the table lookup beats audioop
+
+
+@functools.cache
+def _encoding_table(encode: Callable[[bytes, int], bytes]) -> npt.NDArray[np.uint8]:
+    """The code of every 16-bit sample value, indexed by the sample's bits read as unsigned."""
+    import numpy as np
+
+    every_sample = np.arange(1 << 16, dtype="<u2").tobytes()
+    return np.frombuffer(encode(every_sample, SAMPLE_WIDTH), dtype=np.uint8)
+
+
+def _encode(pcm: bytes, encode: Callable[[bytes, int], bytes]) -> bytes:
+    pcm = _whole_samples(pcm)
+    if len(pcm) < _TABLE_FROM_BYTES:
+        return encode(pcm, SAMPLE_WIDTH)
+    import numpy as np
+
+    return _encoding_table(encode).take(np.frombuffer(pcm, dtype="<u2")).tobytes()
+
+
 def ulaw_to_pcm16(data: bytes) -> bytes:
     return audioop.ulaw2lin(data, SAMPLE_WIDTH)
 
 
 def pcm16_to_ulaw(pcm: bytes) -> bytes:
-    return audioop.lin2ulaw(_whole_samples(pcm), SAMPLE_WIDTH)
+    return _encode(pcm, audioop.lin2ulaw)
 
 
 def alaw_to_pcm16(data: bytes) -> bytes:
@@ -40,7 +70,7 @@ def alaw_to_pcm16(data: bytes) -> bytes:
 
 
 def pcm16_to_alaw(pcm: bytes) -> bytes:
-    return audioop.lin2alaw(_whole_samples(pcm), SAMPLE_WIDTH)
+    return _encode(pcm, audioop.lin2alaw)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,10 @@ reorder buffer does not (aiortc#543, where latency grows after every loss):
   numbering, a marker bit after a stall (talkspurt after hold or silence suppression) or a stall longer
   than `resync_after` start a new playout from the packet that arrived.
 
-Frames are PCM16; packets may carry any whole number of samples (ptime 10, 30, 40 ms are re-cut to 20 ms).
+Frames are PCM16, or with a `codec` that codec's payloads (one byte per sample: G.711), which the caller
+decodes after pop(): then a frame is decoded just before it is used, while it is still in the CPU caches,
+and is half the size while it waits. Packets may carry any whole number of samples (ptime 10, 30, 40 ms are
+re-cut to 20 ms).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import enum
 import sys
 import warnings
 from dataclasses import dataclass
+from typing import Protocol
 
 if sys.version_info < (3, 13):
     with warnings.catch_warnings():
@@ -39,8 +43,14 @@ else:  # pragma: no cover - exercised on 3.13+ only
     import audioop
 
 FRAME_BYTES = 320  # 20 ms of 8 kHz PCM16
-_RING = 64  # recently played sequence numbers kept to tell a duplicate from a late packet
+# Recently played sequence numbers, kept to tell a duplicate from a late packet: slot ext % 64 holds the lap
+# (ext // 64) of the packet played there, modulo 256. Small ints are shared objects, so playing a packet
+# frees no int object (a cache miss per tick with many calls). Only packets within max_misorder of the
+# playout point are looked up, far below the 16,384 packets at which two laps would look alike.
+_RING_BITS = 6
+_RING = 1 << _RING_BITS
 _RING_MASK = _RING - 1
+_NOT_PLAYED = -1
 
 
 class Arrival(enum.Enum):
@@ -77,23 +87,80 @@ class _State(enum.Enum):
 
 
 _IDLE, _PRIMING, _PLAYING = _State.IDLE, _State.PRIMING, _State.PLAYING
+# Module constants: an attribute of an Enum class goes through EnumType.__getattr__ in 3.11, which costs
+# more than the rest of push() on the per-packet path.
+_ACCEPTED, _DUPLICATE, _LATE, _RESYNC = Arrival.ACCEPTED, Arrival.DUPLICATE, Arrival.LATE, Arrival.RESYNC
+
+
+class FrameCodec(Protocol):
+    """What the buffer needs of a codec whose payloads it holds: concealment and levels work on PCM16."""
+
+    def decode(self, data: bytes) -> bytes: ...
+
+    def encode(self, pcm16: bytes) -> bytes: ...
 
 
 class JitterBuffer:
-    def __init__(self, policy: PlayoutPolicy | None = None, frame_bytes: int = FRAME_BYTES) -> None:
+    # Slots: with more than 30 attributes an instance's __dict__ would be a full hash table (1.5 KB) that
+    # every push and pop reads across; a thousand calls then miss the CPU caches on every packet.
+    __slots__ = (
+        "_bad_seq",
+        "_calm_ticks",
+        "_cap_packets",
+        "_codec",
+        "_conceal_run",
+        "_drop_budget",
+        "_highest",
+        "_last_frame",
+        "_min_depth",
+        "_next",
+        "_packet_bytes",
+        "_pending",
+        "_played",
+        "_recut",
+        "_shrink_window",
+        "_silence",
+        "_slots",
+        "_ssrc",
+        "_stall",
+        "_state",
+        "_waited",
+        "_window",
+        "concealed",
+        "delivered",
+        "discarded",
+        "duplicates",
+        "frame_bytes",
+        "late",
+        "policy",
+        "resyncs",
+        "skipped",
+        "stalls",
+        "target",
+    )
+
+    def __init__(
+        self,
+        policy: PlayoutPolicy | None = None,
+        frame_bytes: int = FRAME_BYTES,
+        codec: FrameCodec | None = None,
+    ) -> None:
+        """`frame_bytes` is the size of a 20 ms frame as held: 320 for PCM16, 160 for G.711 payloads."""
         self.policy = policy or PlayoutPolicy()
         self.frame_bytes = frame_bytes
         self.target = self.policy.min_delay_frames
-        self._silence = bytes(frame_bytes)
+        self._codec = codec
+        self._silence = self._silent(frame_bytes)
         self._state = _IDLE
         self._ssrc: int | None = None
-        self._slots: dict[int, bytes] = {}  # extended sequence number -> PCM
+        self._slots: dict[int, bytes] = {}  # extended sequence number -> PCM (or payload, with a codec)
         self._next = 0  # extended sequence number to play next
         self._highest = -1  # highest extended sequence number held or played
-        self._played = [-1] * _RING
+        self._played = [_NOT_PLAYED] * _RING
         self._pending = b""  # samples of a packet longer than the remainder of a frame (ptime != 20)
-        self._packet_bytes = frame_bytes  # PCM size of the last packet: concealment and depth use it
+        self._packet_bytes = frame_bytes  # size of the last packet: concealment and depth use it
         self._cap_packets = self.policy.cap_frames
+        self._shrink_window = self.policy.shrink_window  # read on every tick
         self._recut = False  # packets are not 20 ms, or samples are pending: frames must be re-cut
         self._last_frame = self._silence
         self._conceal_run = 0
@@ -116,25 +183,23 @@ class JitterBuffer:
 
     # --- arrivals -----------------------------------------------------------------------------------
     def push(self, sequence_number: int, ssrc: int, marker: bool, pcm: bytes) -> Arrival:
+        ext = self._highest + 1
+        if (
+            sequence_number == ext & 0xFFFF
+            and ssrc == self._ssrc
+            and self._state is _PLAYING
+            and not self._stall
+            and ext - self._next < self._cap_packets
+            and len(pcm) == self._packet_bytes
+        ):
+            # The common case, the next packet in order while playing: file it. Nothing above the highest
+            # is held, so it cannot be a duplicate.
+            self._slots[ext] = pcm
+            self._highest = ext
+            return _ACCEPTED
         # The extended sequence number nearest to what we expect, so wrap-around needs no special case.
         nxt = self._next
         ext = nxt + ((sequence_number - nxt + 0x8000) & 0xFFFF) - 0x8000
-        if (
-            ssrc == self._ssrc
-            and self._state is _PLAYING
-            and not self._stall
-            and 0 <= ext - nxt < self._cap_packets
-            and len(pcm) == self._packet_bytes
-        ):
-            # The common case, a packet ahead of the playout point while playing: just file it.
-            slots = self._slots
-            if ext in slots:
-                self.duplicates += 1
-                return Arrival.DUPLICATE
-            slots[ext] = pcm
-            if ext > self._highest:
-                self._highest = ext
-            return Arrival.ACCEPTED
         return self._push_general(sequence_number, ext, ssrc, marker, pcm)
 
     def _push_general(self, sequence_number: int, ext: int, ssrc: int, marker: bool, pcm: bytes) -> Arrival:
@@ -142,13 +207,13 @@ class JitterBuffer:
             # A new source (a transfer, a restarted phone, a media server taking over): start afresh.
             known = self._ssrc is not None
             self._ssrc = ssrc
-            self._played = [-1] * _RING
+            self._played = [_NOT_PLAYED] * _RING
             self._state = _IDLE
             self._resync(sequence_number, pcm)
             if known:
                 self.resyncs += 1
-                return Arrival.RESYNC
-            return Arrival.ACCEPTED
+                return _RESYNC
+            return _ACCEPTED
         if self._state is _IDLE:
             return self._resync(ext, pcm)
         if self._stall:
@@ -177,13 +242,13 @@ class JitterBuffer:
                     return self._resync(ext, pcm)
                 self._bad_seq = (sequence_number + 1) & 0xFFFF
                 self.late += 1
-                return Arrival.LATE
-            elif self._played[ext & _RING_MASK] == ext:
+                return _LATE
+            elif self._played[ext & _RING_MASK] == (ext >> _RING_BITS) & 0xFF:
                 self.duplicates += 1
-                return Arrival.DUPLICATE
+                return _DUPLICATE
             else:
                 self.late += 1
-                return Arrival.LATE
+                return _LATE
         elif delta >= self._cap_packets:
             if delta * self._packet_bytes >= self.policy.resync_jump * self.frame_bytes:
                 return self._resync(ext, pcm)  # not a burst: the numbering jumped, a new stream
@@ -197,12 +262,12 @@ class JitterBuffer:
             self._next = keep_from
         if ext in self._slots:
             self.duplicates += 1
-            return Arrival.DUPLICATE
+            return _DUPLICATE
         self._slots[ext] = pcm
         self._note_packet_size(pcm)
         if ext > self._highest:
             self._highest = ext
-        return Arrival.ACCEPTED
+        return _ACCEPTED
 
     def _note_packet_size(self, pcm: bytes) -> None:
         if pcm and len(pcm) != self._packet_bytes:
@@ -227,8 +292,8 @@ class JitterBuffer:
         self._drop_budget = 0
         if was_playing:
             self.resyncs += 1
-            return Arrival.RESYNC
-        return Arrival.ACCEPTED
+            return _RESYNC
+        return _ACCEPTED
 
     # --- playout --------------------------------------------------------------------------------------
     def pop(self) -> bytes | None:
@@ -238,7 +303,7 @@ class JitterBuffer:
             nxt = self._next
             pcm = self._slots.pop(nxt, None)
             if pcm is not None:
-                self._played[nxt & _RING_MASK] = nxt
+                self._played[nxt & _RING_MASK] = (nxt >> _RING_BITS) & 0xFF
                 self._last_frame = pcm
                 self._conceal_run = 0
                 self._next = nxt + 1
@@ -247,7 +312,7 @@ class JitterBuffer:
                 if depth < self._min_depth:
                     self._min_depth = depth
                 self._window += 1
-                if self._window >= self.policy.shrink_window:
+                if self._window >= self._shrink_window:
                     self._end_window()
                 return pcm
         return self._pop_general()
@@ -266,7 +331,8 @@ class JitterBuffer:
             frame is not None
             and self._drop_budget
             and self._highest >= self._next
-            and audioop.rms(frame, 2) < self.policy.quiet_rms
+            and audioop.rms(frame if self._codec is None else self._codec.decode(frame), 2)
+            < self.policy.quiet_rms
         ):
             # Shrinking the delay in a pause costs the listener (or the recogniser) nothing.
             self._drop_budget -= 1
@@ -284,7 +350,7 @@ class JitterBuffer:
         if depth < self._min_depth:
             self._min_depth = depth
         self._window += 1
-        if self._window >= self.policy.shrink_window:
+        if self._window >= self._shrink_window:
             self._end_window()
         return frame
 
@@ -293,7 +359,7 @@ class JitterBuffer:
         nxt = self._next
         pcm = self._slots.pop(nxt, None)
         if pcm is not None:
-            self._played[nxt & _RING_MASK] = nxt
+            self._played[nxt & _RING_MASK] = (nxt >> _RING_BITS) & 0xFF
             self._last_frame = pcm
             self._conceal_run = 0
             self._next = nxt + 1
@@ -321,9 +387,15 @@ class JitterBuffer:
         self.concealed += 1
         last = self._last_frame
         if self._conceal_run > self.policy.conceal_repeats or len(last) != size:
-            return bytes(size) if size != self.frame_bytes else self._silence
+            return self._silent(size) if size != self.frame_bytes else self._silence
         # Halve the level with each repeat: a short loss sounds like a dip, not a click or a stutter.
-        return audioop.mul(last, 2, 0.5**self._conceal_run)
+        codec = self._codec
+        if codec is None:
+            return audioop.mul(last, 2, 0.5**self._conceal_run)
+        return codec.encode(audioop.mul(codec.decode(last), 2, 0.5**self._conceal_run))
+
+    def _silent(self, size: int) -> bytes:
+        return bytes(size) if self._codec is None else self._codec.encode(bytes(2 * size))
 
     def _end_window(self) -> None:
         # push() keeps the depth under the cap; this is the slow drift back to the target. Even the

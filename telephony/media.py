@@ -7,9 +7,14 @@ on the network do not reach it) and sends exactly one packet: speech from its pl
 the far end's jitter buffer and NAT stay fed, or an RFC 4733 digit. One timer (or a few phases) for all
 calls costs a few wake-ups per 20 ms instead of one per call.
 
-The receive path runs per datagram and the send path per tick for every call, so both avoid building
-dataclasses: a plain PCMU packet is unpacked with one struct call, and the codec is the audioop function
-itself (figures in bench/media.py).
+The receive path runs per datagram and the send path per tick for every call, a thousand calls on one
+core (bench/media.py), so both are written for it. At that scale the cost is less the Python operations than
+the cache misses on the state of a thousand calls, so each call's state is touched once per tick: a
+datagram is only read on arrival (with `recv`, once latched) and waits in the stream's inbox, and the tick
+takes it through the statistics and jitter buffer just before it plays a frame. The jitter buffer holds
+payloads and the frame is decoded as it is played; speech is encoded when it is queued. A plain PCMU packet
+is unpacked with one struct call and never becomes a dataclass. Counters that the sender keeps already are
+not kept twice, and the stream has slots (more than 30 attributes would make its __dict__ a hash table).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from telephony.codecs import G711Codec, codec_for
 from telephony.jitter import Arrival, JitterBuffer, PlayoutPolicy
@@ -76,6 +81,20 @@ _SEQ_TS_SSRC = struct.Struct("!HII")
 _monotonic = time.monotonic
 # One CNAME per process (RFC 3550 section 6.5.1: it names the endpoint, not the stream).
 _CNAME = f"switchboard-{os.getpid()}-{random.getrandbits(32):08x}@{socket.gethostname()}".encode()[:255]
+
+
+_DUPLICATE, _LATE = Arrival.DUPLICATE, Arrival.LATE
+_INBOX_LIMIT = 128  # 64 datagrams and their arrival times: more means this stream no longer ticks
+
+
+@functools.lru_cache(maxsize=64)
+def _frame_splitter(frames: int) -> struct.Struct:
+    """Cuts `frames` payloads of 20 ms out of a chunk in one C call (a slice per frame costs 4x more)."""
+    return struct.Struct(f"{SAMPLES_PER_FRAME}s" * frames)
+
+
+def _not_connected(data: bytes, addr: tuple[str, int]) -> None:
+    """The send path before connection_made and after the socket closed: there is nothing to send on."""
 
 
 class DtmfUnavailable(Exception):
@@ -127,6 +146,59 @@ class _OutgoingEvent:
 class RtpStream(asyncio.DatagramProtocol):
     """Symmetric RTP for one call: G.711 in and out, RFC 4733 digits both ways, RTCP, paced playout."""
 
+    # Slots, because with more than 30 attributes an instance's __dict__ is a full hash table (1.5 KB) read
+    # all over on every packet; a thousand calls then miss the CPU caches much more. __dict__ stays for
+    # whatever a test or benchmark hangs on one stream (e.g. wrapping datagram_received).
+    __slots__ = (
+        "__dict__",
+        "_clock",
+        "_closing",
+        "_codec",
+        "_connected",
+        "_decode",
+        "_direction_sends",
+        "_drained",
+        "_dtmf_queue",
+        "_event",
+        "_inbox",
+        "_jitter",
+        "_last_event_ts",
+        "_latched",
+        "_on_audio",
+        "_on_dtmf",
+        "_payload_type",
+        "_peer_sends",
+        "_playout",
+        "_quiet_ticks",
+        "_reception",
+        "_remote",
+        "_remote_report",
+        "_resume_marker",
+        "_round_trip",
+        "_rtcp_countdown",
+        "_rtcp_latched",
+        "_rtcp_remote",
+        "_rtcp_transport",
+        "_send_failed",
+        "_sender",
+        "_sendto",
+        "_sent_at_report",
+        "_silence",
+        "_sock",
+        "_stats",
+        "_talkspurt_start",
+        "_telephone_event_pt",
+        "_timeout_fired",
+        "_transport",
+        "direction",
+        "frames_played",
+        "on_speech_sent",
+        "on_timeout",
+        "remote_bye",
+        "rtp_timeout_s",
+        "sending",
+    )
+
     def __init__(
         self,
         clock: MediaClock,
@@ -141,10 +213,8 @@ class RtpStream(asyncio.DatagramProtocol):
     ) -> None:
         self._clock = clock
         self._codec: G711Codec = codec_for(codec)
-        # The audioop functions themselves, called with the sample width: one C call per frame.
-        pcmu = self._codec.name == "PCMU"
-        self._decode = audioop.ulaw2lin if pcmu else audioop.alaw2lin
-        self._encode = audioop.lin2ulaw if pcmu else audioop.lin2alaw
+        # The audioop function itself, called with the sample width: one C call per packet.
+        self._decode = audioop.ulaw2lin if self._codec.name == "PCMU" else audioop.alaw2lin
         self._payload_type = payload_type
         self._telephone_event_pt = telephone_event_pt
         self._remote = remote
@@ -153,11 +223,20 @@ class RtpStream(asyncio.DatagramProtocol):
         self._on_dtmf = on_dtmf
         self._sender = RtpSender(payload_type, ssrc=random.getrandbits(32))
         self._silence = self._codec.encode(bytes(PCM_FRAME_BYTES))
-        self._silence_pcm = bytes(PCM_FRAME_BYTES)
         self._playout: collections.deque[bytes] = collections.deque()
-        self._jitter = JitterBuffer(playout)
+        # The buffer holds payloads, decoded as each frame is played (see telephony.jitter).
+        self._jitter = JitterBuffer(playout, frame_bytes=SAMPLES_PER_FRAME, codec=self._codec)
         self._reception: ReceptionStats | None = None
         self._transport: asyncio.DatagramTransport | None = None
+        # The socket itself on the shared epoll reader (read by _read_latched, sent on by each tick), or
+        # else the transport's sendto. Not bound methods: one object fewer to fetch per packet.
+        self._sock: socket.socket | None = None
+        self._connected = False  # the socket is connected to the remote address (see _latch)
+        self._sendto: Callable[[bytes, tuple[str, int]], object] = _not_connected
+        self._send_failed: Callable[[OSError], None] = self.error_received
+        # Datagrams read since the last tick, each followed by its arrival time: bytes, float, bytes, ...
+        # (no tuple per packet, which would also bring the garbage collector round more often).
+        self._inbox: list[Any] = []
         self._rtcp_transport: asyncio.DatagramTransport | None = None
         self._latched = False
         self._rtcp_latched = False
@@ -174,18 +253,27 @@ class RtpStream(asyncio.DatagramProtocol):
         self._quiet_ticks = 0
         self._timeout_fired = False
         self._rtcp_countdown = random.randint(RTCP_INTERVAL_TICKS // 4, RTCP_INTERVAL_TICKS * 3 // 4)
-        self._sent_since_report = False
+        self._sent_at_report = 0  # the sender's packet count at our last RTCP report
         self._remote_report: tuple[int, float] | None = None  # (cumulative lost, jitter ms) about us
         self._round_trip: float | None = None
         self.remote_bye = False  # the far end sent RTCP BYE
         self.sending = True  # cleared by the UA until the call is answered
-        self.stats = MediaStats()
+        self._stats = MediaStats()
         self.frames_played = 0  # speech frames actually put on the wire (what the caller can have heard)
         # Called after each speech frame goes out, with the running count: lets a test caller time its own
         # speech to the packet, not to when it queued the audio.
         self.on_speech_sent: Callable[[int], None] | None = None
         self.rtp_timeout_s: float | None = None  # no RTP for this long while the peer should send ...
         self.on_timeout: Callable[[], None] | None = None  # ... calls this once (the UA sends BYE)
+
+    @property
+    def stats(self) -> MediaStats:
+        """The counters so far. The per-tick ones are kept by the sender and copied in here when asked:
+        every RTP packet built is sent, and every speech frame sent is one played."""
+        stats = self._stats
+        stats.packets_sent = self._sender.packets_sent
+        stats.speech_frames_sent = self.frames_played
+        return stats
 
     # --- where media goes ---------------------------------------------------------------------------
     @property
@@ -194,12 +282,24 @@ class RtpStream(asyncio.DatagramProtocol):
 
     @remote.setter
     def remote(self, addr: tuple[str, int]) -> None:
+        self._unconnect()
         self._remote = addr
         self._rtcp_remote = (addr[0], addr[1] + 1)
 
+    def _unconnect(self) -> None:
+        if self._connected:
+            self._connected = False
+            if isinstance(self._transport, MediaSocketTransport):
+                with contextlib.suppress(OSError):  # closed meanwhile: nothing left to undo
+                    self._transport.disconnect_peer()
+
     def update_remote(self, addr: tuple[str, int]) -> None:
         """A re-INVITE moved the peer's media: send there, and latch again to where it really comes from."""
+        if self._inbox:
+            self._take_inbox()  # what came before the move, attributed to the source it came from
         self.remote = addr
+        if self._latched and isinstance(self._transport, MediaSocketTransport):
+            self._transport.set_reader(None)  # source addresses matter again until the next latch
         self._latched = False
         self._rtcp_latched = False
         self._quiet_ticks = 0
@@ -218,11 +318,18 @@ class RtpStream(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's UDP transport does not subclass asyncio.DatagramTransport, but has its interface.
         self._transport = cast(asyncio.DatagramTransport, transport)
+        if isinstance(transport, MediaSocketTransport):
+            self._sock = transport.get_extra_info("socket")
+            self._send_failed = transport.send_failed
+        else:
+            self._sendto = self._transport.sendto
         self._clock.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._clock.discard(self)
         self._transport = None
+        self._sock = None
+        self._sendto = _not_connected
         if self._rtcp_transport is not None:
             self._rtcp_transport.close()
             self._rtcp_transport = None
@@ -236,16 +343,17 @@ class RtpStream(asyncio.DatagramProtocol):
         log.debug("RTP socket error: %s", exc)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self._packet_received(data, addr, _monotonic())
+
+    def _packet_received(self, data: bytes, addr: tuple[str, int], arrival: float) -> None:
         if len(data) >= 12 and data[0] == 0x80:
             # The usual packet: version 2, no padding, extension or CSRC.
             second = data[1]
-            payload_type = second & 0x7F
-            marker = second > 0x7F
-            seq, timestamp, ssrc = _SEQ_TS_SSRC.unpack_from(data, 2)
-            payload = data[12:]
             if 192 <= second <= 223:  # RFC 5761 rtcp-mux: SR/RR/SDES/BYE on the RTP port
                 self.rtcp_received(data, addr)
                 return
+            seq, timestamp, ssrc = _SEQ_TS_SSRC.unpack_from(data, 2)
+            payload_type, marker, payload = second & 0x7F, second > 0x7F, data[12:]
         elif is_rtcp(data):
             self.rtcp_received(data, addr)
             return
@@ -253,40 +361,116 @@ class RtpStream(asyncio.DatagramProtocol):
             try:
                 packet = RtpPacket.parse(data)
             except RtpError:
-                self.stats.packets_malformed += 1
+                self._stats.packets_malformed += 1
                 return
             payload_type, marker, seq = packet.payload_type, packet.marker, packet.sequence_number
             timestamp, ssrc, payload = packet.timestamp, packet.ssrc, packet.payload
-        self.stats.packets_received += 1
-        self._quiet_ticks = 0
         if not self._latched:
-            # Symmetric RTP (RFC 4961): answer where the media really comes from, which is what crosses NAT.
-            self._latched = True
-            if addr != self._remote:
-                self._remote = addr
-                if not self._rtcp_latched:
-                    self._rtcp_remote = (addr[0], addr[1] + 1)
+            self._latch(addr)
+        self._stats.packets_received += 1
+        self._quiet_ticks = 0
         reception = self._reception
         if reception is None or reception.ssrc != ssrc:
             reception = self._reception = ReceptionStats(ssrc, seq)
         if payload_type == self._payload_type:
-            reception.update(seq, timestamp, _monotonic())
-            arrival = self._jitter.push(seq, ssrc, marker, self._decode(payload, 2))
-            if arrival is Arrival.DUPLICATE or arrival is Arrival.LATE:
-                self.stats.packets_ignored += 1
+            reception.update(seq, timestamp, arrival)
+            result = self._jitter.push(seq, ssrc, marker, payload)
+            if result is _DUPLICATE or result is _LATE:
+                self._stats.packets_ignored += 1
         elif payload_type == self._telephone_event_pt and payload_type is not None:
-            reception.update(seq, timestamp, _monotonic(), timed=False)
+            reception.update(seq, timestamp, arrival, timed=False)
             # The digit's time is silence in the audio (the caller's phone mutes voice while it signals).
-            self._jitter.push(seq, ssrc, marker, self._silence_pcm)
+            self._jitter.push(seq, ssrc, marker, self._silence)
             self._handle_event(payload, timestamp)
         else:
-            self.stats.packets_ignored += 1
+            self._stats.packets_ignored += 1
+
+    def _latch(self, addr: tuple[str, int]) -> None:
+        """Symmetric RTP (RFC 4961): answer where the media really comes from, which is what crosses NAT.
+
+        On the shared epoll reader the stream then reads its socket itself, without source addresses
+        (`_read_latched`). When the media comes from exactly where the SDP said, the socket is also
+        connected there: the kernel then routes each packet without a lookup and drops datagrams from
+        anywhere else, which are not this call's media. Media from elsewhere (NAT) leaves the socket
+        unconnected: a stray packet that happened to come first must not shut the real media out.
+        """
+        self._latched = True
+        where_the_sdp_said = addr == self._remote
+        if not where_the_sdp_said:
+            self._remote = addr
+            if not self._rtcp_latched:
+                self._rtcp_remote = (addr[0], addr[1] + 1)
+        transport = self._transport
+        if self._sock is None or not isinstance(transport, MediaSocketTransport):
+            return  # an asyncio endpoint: datagram_received per datagram, as before latching
+        if where_the_sdp_said and not self._connected:
+            try:
+                transport.connect_peer(addr)
+                self._connected = True
+            except OSError as exc:
+                log.debug("RTP socket not connected to %s: %s", addr, exc)
+        transport.set_reader(self._read_latched)
+
+    def _read_latched(self, now: float) -> bool:
+        """Read one datagram once latched: the shared epoll reader's callback for this socket.
+
+        The source address no longer matters, so `recv` replaces `recvfrom` (no address string and tuple
+        per packet), and the datagram only goes into the inbox with its arrival time (when the epoll set
+        was found ready): the next tick takes it through the statistics and the jitter buffer
+        (`_take_inbox`) just before it pops a frame, so the call's state is touched once per tick, not
+        once on arrival and again, out of the CPU caches by then, on the tick. The buffer sees the same
+        pushes and pops in the same order as on arrival: nothing else happens to it between two ticks.
+        """
+        sock = self._sock
+        if sock is None:
+            return False
+        try:
+            data = sock.recv(2048)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            self.error_received(exc)
+            return False
+        inbox = self._inbox
+        inbox.append(data)
+        inbox.append(now)
+        if len(inbox) > _INBOX_LIMIT:  # the clock has stopped ticking this stream: do not hoard
+            self._take_inbox()
+        return True
+
+    def _take_inbox(self) -> None:
+        """Account and buffer what `_read_latched` queued, in arrival order."""
+        inbox = self._inbox
+        self._inbox = []  # what a callback below may cause to be read goes to the next round
+        pt = self._payload_type
+        stats = self._stats
+        jitter = self._jitter
+        items = iter(inbox)
+        for data in items:
+            arrival = next(items)
+            if len(data) <= 12 or data[0] != 0x80 or data[1] != pt:
+                # Anything but our plain audio, attributed to the latched source: with rtcp-mux, RTCP
+                # comes from the peer's RTP address, which is where we latched.
+                self._packet_received(data, self._remote, arrival)
+                continue
+            # _packet_received for our payload type without marker, CSRC, extension or padding: inline,
+            # as this runs for every packet of every call.
+            seq, timestamp, ssrc = _SEQ_TS_SSRC.unpack_from(data, 2)
+            stats.packets_received += 1
+            self._quiet_ticks = 0
+            reception = self._reception
+            if reception is None or reception.ssrc != ssrc:
+                reception = self._reception = ReceptionStats(ssrc, seq)
+            reception.update(seq, timestamp, arrival)
+            result = jitter.push(seq, ssrc, False, data[12:])
+            if result is _DUPLICATE or result is _LATE:
+                stats.packets_ignored += 1
 
     def _handle_event(self, payload: bytes, timestamp: int) -> None:
         try:
             event = TelephoneEvent.parse(payload)
         except RtpError:
-            self.stats.packets_malformed += 1
+            self._stats.packets_malformed += 1
             return
         # RFC 4733: one event = one RTP timestamp; the end packet is sent three times.
         if event.end and timestamp != self._last_event_ts:
@@ -299,10 +483,10 @@ class RtpStream(asyncio.DatagramProtocol):
         try:
             packets = parse_compound(data)
         except RtcpError as exc:
-            self.stats.rtcp_malformed += 1
+            self._stats.rtcp_malformed += 1
             log.debug("malformed RTCP from %s: %s", addr, exc)
             return
-        self.stats.rtcp_received += 1
+        self._stats.rtcp_received += 1
         if not self._rtcp_latched:
             self._rtcp_latched = True
             self._rtcp_remote = addr
@@ -330,7 +514,7 @@ class RtpStream(asyncio.DatagramProtocol):
         now = _monotonic()
         reports = () if self._reception is None else (self._reception.report_block(now),)
         first: RtcpPacket
-        if self._sent_since_report:
+        if self._sender.packets_sent != self._sent_at_report:  # we sent since the last report
             sender = self._sender
             first = SenderReport(
                 ssrc=sender.ssrc,
@@ -347,7 +531,7 @@ class RtpStream(asyncio.DatagramProtocol):
         packets: list[RtcpPacket] = [first, SourceDescription((cname,))]
         if bye:
             packets.append(Goodbye((self._sender.ssrc,)))
-        self._sent_since_report = False
+        self._sent_at_report = self._sender.packets_sent
         return build_compound(packets)
 
     def send_rtcp_report(self) -> None:
@@ -358,15 +542,19 @@ class RtpStream(asyncio.DatagramProtocol):
         if self._rtcp_transport is None:
             return
         self._rtcp_transport.sendto(self._rtcp_compound(bye), self._rtcp_remote)
-        self.stats.rtcp_sent += 1
+        self._stats.rtcp_sent += 1
 
     # --- playout ------------------------------------------------------------------------------------
     def play(self, pcm16: bytes) -> None:
-        """Queue PCM16 8 kHz audio; it goes out one 20 ms frame per media-clock tick."""
+        """Queue PCM16 8 kHz audio; it goes out one 20 ms frame per media-clock tick.
+
+        Encoded here, in one go for the whole chunk (G.711 is sample by sample, so this is the same as
+        encoding frame by frame), so each tick only takes a ready payload.
+        """
         if len(pcm16) % PCM_FRAME_BYTES:
             pcm16 += bytes(PCM_FRAME_BYTES - len(pcm16) % PCM_FRAME_BYTES)
-        for start in range(0, len(pcm16), PCM_FRAME_BYTES):
-            self._playout.append(pcm16[start : start + PCM_FRAME_BYTES])
+        encoded = self._codec.encode(pcm16)
+        self._playout.extend(_frame_splitter(len(encoded) // SAMPLES_PER_FRAME).unpack(encoded))
         if self._drained is not None:
             self._drained.clear()
 
@@ -401,19 +589,20 @@ class RtpStream(asyncio.DatagramProtocol):
         self._dtmf_queue.append((event, duration_ms * 8))
 
     def on_tick(self, frames: int = 1) -> None:
+        if self._inbox:
+            self._take_inbox()
         if frames > 1:
             self._catch_up(frames - 1)
         frame = self._jitter.pop()
         if frame is not None:
-            self._on_audio(frame)
+            self._on_audio(self._decode(frame, 2))
         if self.rtp_timeout_s is not None and self._peer_sends and self.sending:
             self._quiet_ticks += frames
             if not self._timeout_fired and self._quiet_ticks * FRAME_S >= self.rtp_timeout_s:
                 self._timeout_fired = True
                 if self.on_timeout is not None:
                     self.on_timeout()
-        transport = self._transport
-        if transport is None:
+        if self._transport is None:
             return
         self._rtcp_countdown -= frames
         if self._rtcp_countdown <= 0:
@@ -428,28 +617,30 @@ class RtpStream(asyncio.DatagramProtocol):
         if self._event is not None or self._dtmf_queue:
             data = self._next_event_packet()
         elif self._playout:
-            payload = self._encode(self._playout.popleft(), 2)
             marker = self._talkspurt_start or self._resume_marker
-            self._talkspurt_start = self._resume_marker = False
-            data = self._sender.packet_bytes(payload, SAMPLES_PER_FRAME, marker)
-            transport.sendto(data, self._remote)
-            self.stats.packets_sent += 1
-            self._sent_since_report = True
-            self.stats.speech_frames_sent += 1
+            if marker:
+                self._talkspurt_start = self._resume_marker = False
+            data = self._sender.packet_bytes(self._playout.popleft(), SAMPLES_PER_FRAME, marker)
             self.frames_played += 1
             if self.on_speech_sent is not None:
                 self.on_speech_sent(self.frames_played)
             if not self._playout and self._drained is not None:
                 self._drained.set()
-            return
         else:
             marker = self._resume_marker
             self._resume_marker = False
             self._talkspurt_start = True
             data = self._sender.packet_bytes(self._silence, SAMPLES_PER_FRAME, marker)
-        transport.sendto(data, self._remote)
-        self.stats.packets_sent += 1
-        self._sent_since_report = True
+        sock = self._sock
+        try:
+            if sock is None:
+                self._sendto(data, self._remote)
+            elif self._connected:
+                sock.send(data)
+            else:
+                sock.sendto(data, self._remote)
+        except OSError as exc:
+            self._send_failed(exc)
 
     def _catch_up(self, frames: int) -> None:
         # The clock was late: what arrived meanwhile goes to the agent now instead of being trimmed later
@@ -462,10 +653,12 @@ class RtpStream(asyncio.DatagramProtocol):
             frames -= step
             if reader is not None:
                 reader.read_pending(step)
+                if self._inbox:
+                    self._take_inbox()
             for _ in range(step):
                 frame = self._jitter.pop()
                 if frame is not None:
-                    self._on_audio(frame)
+                    self._on_audio(self._decode(frame, 2))
 
     def _next_event_packet(self) -> bytes:
         assert self._telephone_event_pt is not None
@@ -492,36 +685,42 @@ class RtpStream(asyncio.DatagramProtocol):
         return data
 
     def report(self) -> MediaReport:
+        if self._inbox:
+            self._take_inbox()
         reception = self._reception
         jitter = self._jitter
         remote = self._remote_report
         return MediaReport(
-            packets_sent=self.stats.packets_sent,
-            packets_received=self.stats.packets_received,
+            packets_sent=self._sender.packets_sent,
+            packets_received=self._stats.packets_received,
             lost=reception.lost if reception is not None else 0,
             jitter_ms=round(reception.jitter_ms, 3) if reception is not None else 0.0,
             late=jitter.late,
             duplicates=jitter.duplicates,
             concealed=jitter.concealed,
             discarded=jitter.discarded,
-            malformed=self.stats.packets_malformed,
+            malformed=self._stats.packets_malformed,
             playout_delay_ms=jitter.target * FRAME_MS,
             round_trip_ms=None if self._round_trip is None else round(self._round_trip * 1000, 3),
             remote_lost=None if remote is None else remote[0],
             remote_jitter_ms=None if remote is None else remote[1],
-            rtcp_sent=self.stats.rtcp_sent,
-            rtcp_received=self.stats.rtcp_received,
+            rtcp_sent=self._stats.rtcp_sent,
+            rtcp_received=self._stats.rtcp_received,
         )
 
     def close(self) -> None:
         if self._closing:
             return
         self._closing = True
-        if self.stats.packets_received or self.stats.packets_sent:
+        if self._stats.packets_received or self._sender.packets_sent:
             log.info("media closed: %s", self.report())
         if self._transport is not None:
             with contextlib.suppress(OSError):
                 self._send_rtcp(bye=True)  # RFC 3550 section 6.6: say we are leaving
+            # No tick between now and connection_lost (called soon) may send on the closed socket.
+            self._clock.discard(self)
+            self._sock = None
+            self._sendto = _not_connected
             self._transport.close()
         elif self._rtcp_transport is not None:
             self._rtcp_transport.close()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 RTP_VERSION = 2
 HEADER_SIZE = 12
 _HEADER = struct.Struct("!BBHII")
+_pack_header = _HEADER.pack
 _EXTENSION_HEADER = struct.Struct("!HH")
 _EVENT = struct.Struct("!BBH")
 
@@ -158,6 +159,16 @@ class TelephoneEvent:
 class RtpSender:
     """Sequence number, timestamp and SSRC bookkeeping for one outgoing stream (RFC 3550 section 5.1)."""
 
+    __slots__ = (
+        "clock_rate",
+        "octets_sent",
+        "packets_sent",
+        "payload_type",
+        "sequence_number",
+        "ssrc",
+        "timestamp",
+    )
+
     def __init__(self, payload_type: int, ssrc: int | None = None, clock_rate: int = 8000) -> None:
         self.payload_type = payload_type
         self.clock_rate = clock_rate
@@ -186,21 +197,23 @@ class RtpSender:
 
     def packet_bytes(self, payload: bytes, samples: int, marker: bool = False) -> bytes:
         """`bytes(packetize(...))` without building an RtpPacket: the per-tick path of every call."""
-        data = (
-            _HEADER.pack(
-                0x80,
-                self.payload_type | (0x80 if marker else 0),
-                self.sequence_number,
-                self.timestamp,
-                self.ssrc,
-            )
-            + payload
+        sequence_number = self.sequence_number
+        timestamp = self.timestamp
+        data = _pack_header(
+            0x80,
+            self.payload_type | 0x80 if marker else self.payload_type,
+            sequence_number,
+            timestamp,
+            self.ssrc,
         )
-        self.sequence_number = (self.sequence_number + 1) & 0xFFFF
-        self.timestamp = (self.timestamp + samples) & 0xFFFFFFFF
+        # Compare and subtract rather than mask: cheaper on Python ints of more than 30 bits.
+        sequence_number += 1
+        self.sequence_number = sequence_number if sequence_number <= 0xFFFF else 0
+        timestamp += samples
+        self.timestamp = timestamp if timestamp <= 0xFFFFFFFF else timestamp - 0x1_0000_0000
         self.packets_sent += 1
         self.octets_sent += len(payload)
-        return data
+        return data + payload
 
     def event_packet_bytes(self, payload_type: int, timestamp: int, payload: bytes, marker: bool) -> bytes:
         """A packet stamped with an earlier timestamp, as every packet of one RFC 4733 event is.

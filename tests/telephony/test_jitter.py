@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import struct
+import sys
+import warnings
 from collections.abc import Iterable
 
 import pytest
 
+from telephony.codecs import codec_for
 from telephony.jitter import Arrival, JitterBuffer, PlayoutPolicy
+
+if sys.version_info < (3, 13):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import audioop
+else:  # pragma: no cover - exercised on 3.13+ only
+    import audioop
 
 SSRC = 0x1234
 
@@ -295,3 +305,67 @@ def test_delay_shrinks_even_without_a_pause() -> None:
         buffer.push(seq, SSRC, False, loud(seq))
         buffer.pop()
     assert buffer.discarded == 2 and buffer.depth_frames == 3
+
+
+PCMU = codec_for("PCMU")
+
+
+def level(pcm16: bytes) -> int:
+    return audioop.rms(pcm16, 2)
+
+
+def test_codec_payloads_pass_unchanged_and_losses_are_concealed_in_pcm() -> None:
+    # A buffer holding G.711 payloads (decoded by its user after pop): a lost packet is stood in for by
+    # the last payload at half level, which means decoding, attenuating and encoding again.
+    buffer = JitterBuffer(frame_bytes=160, codec=PCMU)
+    payloads = {seq: PCMU.encode(loud(seq)) for seq in range(1, 9)}
+    out: list[bytes | None] = []
+    for seq in [1, 2, 3, 5, 6, 7, 8]:  # 4 is lost
+        buffer.push(seq, SSRC, False, payloads[seq])
+        out.append(buffer.pop())
+    real = [f for f in out if f is not None]
+    assert real[:3] == [payloads[1], payloads[2], payloads[3]] and real[4] == payloads[5]
+    stand_in = real[3]
+    assert len(stand_in) == 160 and stand_in != payloads[3]
+    expected = level(PCMU.decode(payloads[3])) / 2
+    assert abs(level(PCMU.decode(stand_in)) - expected) < expected / 16  # within G.711's quantisation
+
+
+def test_codec_silence_after_the_repeats_is_the_codecs_silence() -> None:
+    buffer = JitterBuffer(PlayoutPolicy(cap_frames=12), frame_bytes=160, codec=PCMU)
+    buffer.push(1000, SSRC, False, PCMU.encode(loud(1000)))
+    buffer.pop(), buffer.pop()
+    buffer.push(1005, SSRC, False, PCMU.encode(loud(1005)))  # 1001-1004 lost
+    out = [buffer.pop() for _ in range(6)]
+    assert out[3] == out[4] == PCMU.encode(bytes(320)) == b"\xff" * 160  # mu-law's zero, not 0x00
+    assert buffer.concealed == 4
+
+
+def test_codec_payloads_are_judged_quiet_by_their_decoded_level() -> None:
+    # Speech whose mu-law bytes, read as PCM16, would look quiet: every other sample is full-scale
+    # negative (code 0x00), so each byte pair reads as a value below 256. Only the real pause may go.
+    def speech(seq: int) -> bytes:
+        samples = [value for i in range(80) for value in ((seq * 37 + i * 113) % 16000 - 8000, -32124)]
+        return PCMU.encode(struct.pack("<160h", *samples))
+
+    silence = PCMU.encode(bytes(320))
+    assert level(speech(0)) < PlayoutPolicy().quiet_rms <= level(PCMU.decode(speech(0)))
+    buffer = JitterBuffer(PlayoutPolicy(shrink_window=10), frame_bytes=160, codec=PCMU)
+    out: list[bytes | None] = []
+
+    def payload(seq: int) -> bytes:  # the pause starts a few frames into the window that shrinks the delay
+        return silence if 44 <= seq < 54 else speech(seq)
+
+    for seq in range(0, 20):
+        buffer.push(seq, SSRC, False, payload(seq))
+        out.append(buffer.pop())
+    out += [buffer.pop() for _ in range(5)]  # delay spike: 20-24 arrive late, together
+    for seq in range(20, 25):
+        buffer.push(seq, SSRC, False, payload(seq))
+    for seq in range(25, 80):
+        buffer.push(seq, SSRC, False, payload(seq))
+        out.append(buffer.pop())
+    assert buffer.discarded == 2
+    heard = [f for f in out if f is not None and f != silence]
+    assert heard == [speech(seq) for seq in [*range(0, 44), *range(54, 80)]][: len(heard)]
+    assert out.count(silence) == 8  # the two dropped frames came out of the pause

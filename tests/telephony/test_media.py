@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import socket
+import struct
+import sys
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -15,6 +19,13 @@ from telephony.media import DtmfUnavailable, MediaClock, RtpPortPool, RtpStream
 from telephony.media_io import MediaSocketTransport
 from telephony.rtcp import Goodbye, ReceiverReport, SenderReport, SourceDescription, parse_compound
 from telephony.rtp import RtpPacket, TelephoneEvent
+
+if sys.version_info < (3, 13):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import audioop
+else:  # pragma: no cover - exercised on 3.13+ only
+    import audioop
 
 HOST = "127.0.0.1"
 SILENCE = b"\xff" * 160
@@ -123,6 +134,8 @@ async def test_audio_both_ways_through_the_jitter_buffer(media: OpenCall) -> Non
     for seq in order:
         peer.send(rtp(seq, pcm16_to_ulaw(seq.to_bytes(2, "little") * 160)), call.addr)
     await until(lambda: len(call.heard) == 10 and call.stream.queued_frames == 0)
+    # The last speech packet may still be on its way to the peer (a late tick catches up in one go).
+    await until(lambda: sum(p.payload != SILENCE for p in audio_packets(peer)) >= 10)
     expected = [ulaw_to_pcm16(pcm16_to_ulaw(seq.to_bytes(2, "little") * 160)) for seq in range(10)]
     assert call.heard == expected
     report = call.stream.report()
@@ -403,3 +416,84 @@ async def test_late_tick_hands_over_what_arrived_meanwhile(media: OpenCall) -> N
     assert len(call.heard) == 3  # two intervals of priming (40 ms), then three frames at once
     await until(lambda: call.stream.report().packets_received == 10)  # the rest in the loop's own time
     assert call.stream.report().discarded == 0
+
+
+async def test_media_from_the_sdp_address_shuts_out_other_sources(media: OpenCall) -> None:
+    peer, stranger = await open_peer(), await open_peer()
+    call = await media(peer.addr)
+    peer.send(rtp(1), call.addr)
+    await until(lambda: call.stream.report().packets_received == 1)
+    stranger.send(rtp(500, ssrc=99), call.addr)
+    peer.send(rtp(2), call.addr)
+    await until(lambda: call.stream.report().packets_received >= 2)
+    await asyncio.sleep(0.05)
+    if isinstance(call.stream._transport, MediaSocketTransport):
+        # Latched where the SDP said: the socket is connected there, so the kernel drops the rest.
+        assert call.stream.report().packets_received == 2
+    else:
+        assert call.stream.report().packets_received == 3
+    assert call.stream.remote == peer.addr
+    # A re-INVITE moves the media: anyone may be latched again, and is then answered.
+    call.stream.update_remote(stranger.addr)
+    before = call.stream.report().packets_received
+    stranger.send(rtp(501, ssrc=99), call.addr)
+    await until(lambda: call.stream.report().packets_received == before + 1)
+    sent_to_stranger = len(stranger.received)
+    await until(lambda: len(stranger.received) >= sent_to_stranger + 2)
+
+
+async def test_media_latched_elsewhere_than_the_sdp_said_shuts_nothing_out(media: OpenCall) -> None:
+    peer, stray = await open_peer(), await open_peer()
+    call = await media(peer.addr)
+    stray.send(rtp(1, ssrc=99), call.addr)  # a stray packet comes first: latched there, as NAT would look
+    await until(lambda: call.stream.report().packets_received == 1)
+    assert call.stream.remote == stray.addr
+    peer.send(rtp(7), call.addr)  # the real media still gets in
+    await until(lambda: call.stream.report().packets_received == 2)
+
+
+async def test_queued_speech_goes_out_encoded_frame_by_frame(media: OpenCall) -> None:
+    peer = await open_peer()
+    call = await media(peer.addr)
+    # 0.3 s plus a partial frame, long enough to be encoded in one go, not a frame at a time.
+    samples = [int(9000 * math.sin(i / 7) + 3000 * math.sin(i / 3)) for i in range(2400 + 50)]
+    pcm = struct.pack(f"<{len(samples)}h", *samples)
+    call.stream.play(pcm)
+    await until(lambda: call.stream.queued_frames == 0 and len(audio_packets(peer)) >= 18)
+    padded = pcm + bytes(320 - len(pcm) % 320)
+    reference = [audioop.lin2ulaw(padded[i : i + 320], 2) for i in range(0, len(padded), 320)]
+    assert [p.payload for p in audio_packets(peer) if p.payload != SILENCE][: len(reference)] == reference
+
+
+async def test_a_stream_that_no_longer_ticks_does_not_hoard_datagrams(media: OpenCall) -> None:
+    peer = await open_peer()
+    call = await media(peer.addr)
+    if not isinstance(call.stream._transport, MediaSocketTransport):
+        pytest.skip("only the epoll reader keeps datagrams for the next tick")
+    peer.send(rtp(0), call.addr)
+    await until(lambda: call.stream.stats.packets_received == 1)  # latched: the inbox is in use
+    call.stream._clock.discard(call.stream)  # as if its tick had failed: the clock drops it
+    for seq in range(1, 80):
+        peer.send(rtp(seq), call.addr)
+    # Without ticks, the inbox is worked through once it holds 64 datagrams.
+    await until(lambda: call.stream.stats.packets_received >= 65)
+
+
+async def test_media_clock_streams_joining_and_leaving_during_a_tick() -> None:
+    clock = MediaClock()
+    late = Ticker()
+
+    class Host(Ticker):
+        def on_tick(self, frames: int = 1) -> None:
+            super().on_tick(frames)
+            if self.ticks == 2:
+                clock.add(late)  # a call set up from within a tick
+                clock.discard(leaving)  # and another hung up
+
+    host, leaving = Host(), Ticker()
+    clock.add(host)
+    clock.add(leaving)
+    await until(lambda: host.ticks >= 6)
+    assert leaving.ticks in (1, 2)  # it may still get the tick it was discarded in, not any later one
+    assert host.ticks - 2 - 1 <= late.ticks <= host.ticks - 2
+    assert len(clock) == 2

@@ -172,3 +172,25 @@ def test_sender_starts_at_random_values() -> None:
     assert len({s.ssrc for s in senders}) > 1
     assert len({s.sequence_number for s in senders}) > 1
     assert len({s.timestamp for s in senders}) > 1
+
+
+def test_packet_bytes_wrap_around_like_packetize() -> None:
+    # packet_bytes (the per-tick path) does its own arithmetic; it must agree with packetize at the wraps.
+    fast, reference = RtpSender(0, ssrc=0xCAFE), RtpSender(0, ssrc=0xCAFE)
+    for sender in (fast, reference):
+        sender.sequence_number = 0xFFFE
+        sender.timestamp = 0xFFFFFFFF - 200
+    payloads = [bytes([i]) * 160 for i in range(4)]
+    got = [fast.packet_bytes(payload, 160, marker=i == 0) for i, payload in enumerate(payloads)]
+    expected = [bytes(reference.packetize(payload, 160, marker=i == 0)) for i, payload in enumerate(payloads)]
+    assert got == expected
+    assert [RtpPacket.parse(data).sequence_number for data in got] == [0xFFFE, 0xFFFF, 0, 1]
+    assert (
+        (fast.sequence_number, fast.timestamp)
+        == (reference.sequence_number, reference.timestamp)
+        == (
+            2,
+            (0xFFFFFFFF - 200 + 640) & 0xFFFFFFFF,
+        )
+    )
+    assert (fast.packets_sent, fast.octets_sent) == (reference.packets_sent, reference.octets_sent)
