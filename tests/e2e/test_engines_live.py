@@ -10,8 +10,6 @@ reach the CRM, and when it fails or hangs the caller must still hear the policy'
 
 from __future__ import annotations
 
-import array
-import asyncio
 import contextlib
 import itertools
 import json
@@ -19,8 +17,8 @@ import os
 import subprocess
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,19 +32,16 @@ from agent.session import split_sentences
 from agent.tts import EspeakSynthesizer
 from agent.turn_taking import trim_leading_silence
 from crm.db import create_engine_for, session_factory
-from telephony.media import MediaClock, RtpPortPool
-from telephony.sip.ua import SipCall, UserAgent
 from tests.agent.openai_server import Completion, HttpError, OpenAIServer, Script, ScriptedToolCall
 from tests.agent.tiny_piper import TONE_HZ, build_tiny_voice
 from tests.agent.tiny_whisper import build_tiny_whisper
 from tests.e2e.conftest import RunningServer, running_server, switchboard_command
+from tests.e2e.live_caller import FRAME_S, Caller, Heard, dial, loud
 from tools.schemas import TOOL_DEFINITIONS
 from tools.toolbox import DatabaseToolBox
 
 pytestmark = pytest.mark.e2e
 
-SPEECH_LEVEL = 1000  # a frame with a sample above this carries speech (or the tiny voice's tone)
-FRAME_S = 0.02
 MODEL = "switchboard-e2e-model"
 DANA = "+15550100001"  # a seeded customer with order A1042
 # Recognised word for word by the domain language model (checked against the server's log while writing
@@ -57,72 +52,8 @@ OPEN_ENDED = "i have a question about my car"
 # --- the caller ---------------------------------------------------------------------------------------
 
 
-def _loud(frame: bytes) -> bool:
-    samples = array.array("h", frame)
-    return max(samples, default=0) > SPEECH_LEVEL or -min(samples, default=0) > SPEECH_LEVEL
-
-
-@dataclass
-class Heard:
-    """The agent's audio of one turn: arrival time and PCM of every loud frame."""
-
-    times: list[float] = field(default_factory=list)
-    frames: list[bytes] = field(default_factory=list)
-
-    @property
-    def span_s(self) -> float:
-        return self.times[-1] - self.times[0] + FRAME_S
-
-
-class Caller:
-    """One call: speaks PCM in real time and keeps the agent's loud frames with their arrival times."""
-
-    def __init__(self, call: SipCall) -> None:
-        self.call = call
-        self.heard = Heard()
-        call.audio_sink = self._on_audio
-
-    def _on_audio(self, frame: bytes) -> None:
-        if _loud(frame):
-            self.heard.times.append(time.monotonic())
-            self.heard.frames.append(frame)
-
-    async def speak(self, pcm: bytes) -> float:
-        """Send audio in real time; returns when its last frame left."""
-        self.call.play(pcm)
-        await self.call.wait_drained()
-        return time.monotonic()
-
-    async def agent_turn(self, *, quiet_s: float = 1.0, timeout_s: float = 20.0) -> Heard:
-        """Wait for the agent to talk and then fall silent for `quiet_s`; the loud frames in between."""
-        start = len(self.heard.times)
-        deadline = time.monotonic() + timeout_s
-        while len(self.heard.times) == start:
-            if time.monotonic() > deadline or self.call.state == "terminated":
-                raise AssertionError("the agent did not answer")
-            await asyncio.sleep(0.02)
-        while time.monotonic() - self.heard.times[-1] < quiet_s:
-            if time.monotonic() > deadline:
-                raise AssertionError("the agent did not stop talking")
-            await asyncio.sleep(0.02)
-        return Heard(self.heard.times[start:], self.heard.frames[start:])
-
-
-@contextlib.asynccontextmanager
-async def _dial(server: RunningServer, number: str) -> AsyncIterator[Caller]:
-    ua = UserAgent(
-        advertised_host="127.0.0.1", port_pool=RtpPortPool(46000, 46999), clock=MediaClock(), user="caller"
-    )
-    await ua.start("127.0.0.1", 0)
-    try:
-        call = await ua.invite(
-            server.sip_uri, from_uri=f"<sip:{number}@127.0.0.1>", peer=("127.0.0.1", server.sip_port)
-        )
-        yield Caller(call)
-        if call.state != "terminated":
-            await call.hangup()
-    finally:
-        await ua.close()
+def _dial(server: RunningServer, number: str) -> contextlib.AbstractAsyncContextManager[Caller]:
+    return dial(server, number, ports=(46000, 46999))
 
 
 def _transcript(server: RunningServer, call_id: str, *, ended: bool = True) -> dict[str, Any]:
@@ -150,8 +81,8 @@ def _expected_span_s(synthesizer: Synthesizer, text: str) -> float:
     clauses = [synthesizer.synthesize_8k(clause) for clause in split_sentences(text)]
     pcm = trim_leading_silence(clauses[0]) + b"".join(clauses[1:])
     size = int(FRAME_S * 8000) * 2
-    loud = [i for i in range(0, len(pcm), size) if _loud(pcm[i : i + size])]
-    return (loud[-1] - loud[0]) / 16000 + FRAME_S
+    spoken = [i for i in range(0, len(pcm), size) if loud(pcm[i : i + size])]
+    return (spoken[-1] - spoken[0]) / 16000 + FRAME_S
 
 
 def _dominant_hz(frames: list[bytes]) -> float:
@@ -291,7 +222,7 @@ async def _ask_open_ended(server: RunningServer, *, quiet_s: float = 1.0) -> Ope
     line = EspeakSynthesizer(variant="m3").synthesize_8k(OPEN_ENDED)
     async with _dial(server, DANA) as caller:
         await caller.agent_turn(quiet_s=0.7)  # the greeting
-        spoken_at = await caller.speak(line)
+        _, spoken_at = await caller.speak(line)
         answer = await caller.agent_turn(quiet_s=quiet_s)
         call_id = caller.call.call_id
     return OpenEndedTurn(_transcript(server, call_id), spoken_at, answer)

@@ -22,14 +22,10 @@ from typing import Any
 import pytest
 
 from agent.tts import EspeakSynthesizer
-from telephony.media import MediaClock, RtpPortPool
-from telephony.sip.ua import SipCall, UserAgent
 from tests.e2e.conftest import RunningServer, running_server
+from tests.e2e.live_caller import Caller, dial
 
 pytestmark = pytest.mark.e2e
-
-SPEECH_LEVEL = 1000  # a frame with a sample above this carries speech
-FRAME_S = 0.02
 
 
 @pytest.fixture(scope="module")
@@ -43,78 +39,11 @@ def voice() -> EspeakSynthesizer:
     return EspeakSynthesizer(variant="m3")
 
 
-def _loud(frame: bytes) -> bool:
-    samples = array.array("h", frame)
-    return max(samples, default=0) > SPEECH_LEVEL or -min(samples, default=0) > SPEECH_LEVEL
-
-
-class Caller:
-    """One call to the agent: speaks PCM, timestamps every loud frame of the agent's audio, and can
-    echo the agent's audio back into the line like a telephone hybrid."""
-
-    def __init__(self, call: SipCall) -> None:
-        self.call = call
-        self.agent_speech: list[float] = []  # arrival time of each loud agent frame
-        self.echo_gain: float | None = None  # e.g. 0.35 (-9 dB): send the agent's audio back
-        call.audio_sink = self._on_audio
-
-    def _on_audio(self, frame: bytes) -> None:
-        if _loud(frame):
-            self.agent_speech.append(time.monotonic())
-        if self.echo_gain is not None:
-            samples = array.array("h", frame)
-            gain = self.echo_gain
-            self.call.play(array.array("h", (int(s * gain) for s in samples)).tobytes())
-
-    async def speak(self, pcm: bytes) -> tuple[float, float]:
-        """Send audio in real time; returns when its first and last frames left."""
-        self.call.play(pcm)
-        started = time.monotonic()
-        await self.call.wait_drained()
-        return started, time.monotonic()
-
-    async def agent_turn(self, *, quiet_s: float = 0.9, timeout_s: float = 20.0) -> tuple[float, float]:
-        """Wait for the agent to start talking and then fall silent; returns (first, last) speech times."""
-        count = len(self.agent_speech)
-        deadline = time.monotonic() + timeout_s
-        while len(self.agent_speech) == count:
-            if time.monotonic() > deadline or self.call.state == "terminated":
-                raise AssertionError("the agent did not answer")
-            await asyncio.sleep(0.02)
-        first = self.agent_speech[count]
-        while time.monotonic() - self.agent_speech[-1] < quiet_s:
-            if time.monotonic() > deadline:
-                raise AssertionError("the agent did not stop talking")
-            await asyncio.sleep(0.02)
-        return first, self.agent_speech[-1]
-
-    async def agent_starts(self, *, timeout_s: float = 20.0) -> float:
-        count = len(self.agent_speech)
-        deadline = time.monotonic() + timeout_s
-        while len(self.agent_speech) == count:
-            if time.monotonic() > deadline:
-                raise AssertionError("the agent did not start talking")
-            await asyncio.sleep(0.01)
-        return self.agent_speech[count]
-
-
 @contextlib.asynccontextmanager
 async def _dial(server: RunningServer, number: str) -> AsyncIterator[Caller]:
-    ua = UserAgent(
-        advertised_host="127.0.0.1", port_pool=RtpPortPool(45000, 45999), clock=MediaClock(), user="caller"
-    )
-    await ua.start("127.0.0.1", 0)
-    try:
-        call = await ua.invite(
-            server.sip_uri, from_uri=f"<sip:{number}@127.0.0.1>", peer=("127.0.0.1", server.sip_port)
-        )
-        caller = Caller(call)
+    async with dial(server, number, ports=(45000, 45999)) as caller:
         await caller.agent_turn()  # the greeting
         yield caller
-        if call.state != "terminated":
-            await call.hangup()
-    finally:
-        await ua.close()
 
 
 def _transcript(server: RunningServer, call_id: str) -> dict[str, Any]:
@@ -178,7 +107,7 @@ async def test_backchannel_or_noise_over_the_agent_resumes_the_reply(
         first = await caller.agent_starts()
         await asyncio.sleep(1.5)
         await caller.speak(sound)
-        _, last = await caller.agent_turn(quiet_s=1.5)
+        last = (await caller.agent_turn(quiet_s=1.5)).last
         transcript = _transcript(live, caller.call.call_id)
     agent_turns = [t for t in transcript["turns"] if t["speaker"] == "agent"]
     reply = agent_turns[1]
@@ -199,7 +128,7 @@ async def test_line_echo_of_the_agent_is_not_taken_for_the_caller(
         # From now on every frame received goes straight back at -8 dB (telephone hybrids return at least
         # 6 dB less), one out per one in, so the echo lags by the media path only.
         caller.echo_gain = 0.4
-        _, last = await caller.agent_turn(quiet_s=1.5)
+        last = (await caller.agent_turn(quiet_s=1.5)).last
         caller.echo_gain = None
         transcript = _transcript(live, caller.call.call_id)
     agent_turns = [t for t in transcript["turns"] if t["speaker"] == "agent"]
@@ -217,13 +146,13 @@ async def test_a_pause_mid_sentence_is_not_the_end_of_the_turn(
             voice.synthesize_8k("i'd like to book a") + _silence(0.6) + voice.synthesize_8k("tire rotation")
         )
         _, done = await caller.speak(paused)
-        first, _ = await caller.agent_turn()
+        first = (await caller.agent_turn()).first
         assert first > done - 0.05, "the agent answered during the pause"
         when = (
             voice.synthesize_8k("on tuesday at ten") + _silence(0.45) + voice.synthesize_8k("in the morning")
         )
         _, done = await caller.speak(when)
-        first, _ = await caller.agent_turn()
+        first = (await caller.agent_turn()).first
         assert first > done - 0.05, "the agent answered during the pause"
         transcript = _transcript(live, caller.call.call_id)
     turns = transcript["turns"]
@@ -289,9 +218,9 @@ async def test_silence_gets_reprompts_then_a_polite_goodbye(tmp_path: Path) -> N
             transcript = _transcript(server, caller.call.call_id)
     # Each prompt came about 2 s after the agent's previous words: never a long dead line.
     previous_end = greeting_end
-    for start, end in spans:
-        assert 1.5 < start - previous_end < 4.0, (start - previous_end, spans)
-        previous_end = end
+    for span in spans:
+        assert 1.5 < span.first - previous_end < 4.0, (span.first - previous_end, spans)
+        previous_end = span.last
     agent = [t for t in transcript["turns"] if t["speaker"] == "agent"]
     assert [t["intent"] for t in agent[1:]] == ["silence", "silence", "silence"]
     assert agent[1]["text"].startswith("Are you still there?")
