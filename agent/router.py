@@ -18,28 +18,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Protocol
 
 from agent.dialogue import AgentReply, DialoguePolicy
 from agent.llm import LlmDialogue, LlmError
 from agent.speculation import Speculation, adopt, speculate
 
 log = logging.getLogger(__name__)
-
-
-class Dialogue(Protocol):
-    """What the call session needs from a dialogue: `DialoguePolicy` and `RoutedDialogue` both fit."""
-
-    @property
-    def facts(self) -> dict[str, str | int]: ...
-
-    def greet(self) -> AgentReply: ...
-
-    def respond(self, text: str) -> AgentReply: ...
-
-    def on_silence(self, count: int) -> AgentReply: ...
-
-    def on_dtmf(self, digit: str) -> AgentReply: ...
 
 
 class BreakerState(enum.Enum):

@@ -12,7 +12,7 @@ import ctypes
 import re
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Generator, Iterable, Iterator
 from typing import Final
 
 import espeakng_loader
@@ -24,7 +24,14 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import audioop
 
-__all__ = ["EspeakSynthesizer", "TelephoneDownsampler", "TtsError", "phonemes_ipa", "speakable_text"]
+__all__ = [
+    "EspeakSynthesizer",
+    "TelephoneDownsampler",
+    "TtsError",
+    "phonemes_ipa",
+    "speakable_text",
+    "to_telephone",
+]
 
 TELEPHONE_RATE: Final = 8000
 
@@ -242,6 +249,16 @@ class TelephoneDownsampler:
         return out
 
 
+def to_telephone(chunks: Iterable[bytes], sample_rate: int) -> Generator[bytes, None, None]:
+    """A synthesiser's PCM16 chunks at `sample_rate`, each resampled to 8 kHz as it comes (one filter state
+    across the chunks, so the stream equals the whole utterance resampled at once)."""
+    downsampler = TelephoneDownsampler(sample_rate)
+    for chunk in chunks:
+        out = downsampler.process(chunk)
+        if out:
+            yield out
+
+
 # --- The synthesiser --------------------------------------------------------------------------------------
 
 
@@ -270,11 +287,7 @@ class EspeakSynthesizer:
 
     def stream_8k(self, text: str) -> Iterator[bytes]:
         """Chunks of 8 kHz PCM16, resampled as they are produced."""
-        downsampler = TelephoneDownsampler(self.sample_rate)
-        for chunk in self.synthesize(text):
-            out = downsampler.process(chunk)
-            if out:
-                yield out
+        return to_telephone(self.synthesize(text), self.sample_rate)
 
     def synthesize_8k(self, text: str) -> bytes:
         """The whole utterance as 8 kHz PCM16."""

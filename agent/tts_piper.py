@@ -23,7 +23,7 @@ from typing import Any, Final
 import onnxruntime  # type: ignore[import-untyped,unused-ignore]
 from piper import PiperConfig, PiperVoice, SynthesisConfig
 
-from agent.tts import TELEPHONE_RATE, TelephoneDownsampler, TtsError, speakable_text
+from agent.tts import TELEPHONE_RATE, TtsError, speakable_text, to_telephone
 
 __all__ = ["PiperSynthesizer"]
 
@@ -174,11 +174,7 @@ class PiperSynthesizer:
 
         A generator, so a reply cut short by barge-in can be closed and piper stops before the next sentence.
         """
-        downsampler = TelephoneDownsampler(self.sample_rate)
-        for chunk in self.synthesize(text):
-            out = downsampler.process(chunk)
-            if out:
-                yield out
+        yield from to_telephone(self.synthesize(text), self.sample_rate)
 
     def synthesize_8k(self, text: str) -> bytes:
         """The whole text as 8 kHz PCM16."""
