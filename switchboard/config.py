@@ -11,6 +11,7 @@ from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator,
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from telephony.sip.outbound import RegistrationConfig, SipTrunk
+from telephony.sip.session_timer import MIN_SE_FLOOR
 from telephony.sip.transaction import TimerConfig
 
 _TRANSPORTS = ("UDP", "TCP", "TLS")
@@ -121,6 +122,10 @@ class Settings(BaseSettings):
     sip_t4_ms: int = Field(5000, ge=100, le=60000)
     # Hang up (BYE with a Reason) after this long without RTP from a caller who should be sending; 0: never.
     rtp_timeout_s: float = Field(60.0, ge=0)
+    # RFC 4028 session timers: the session interval we ask for and accept up to (s); 0: off. Calls are
+    # refreshed with a re-INVITE (by whichever side the negotiation names) or ended with BYE when the
+    # refreshes stop. RFC 4028 allows no interval below 90 s.
+    sip_session_expires: int = Field(1800, ge=0)
     # Let an inbound call ring this long before answering (0 answers at once).
     ring_ms: int = Field(0, ge=0, le=120000)
     # Silence after speech that ends a caller turn.
@@ -180,6 +185,13 @@ class Settings(BaseSettings):
         if self.llm_url and not self.llm_model:
             raise ValueError("SWITCHBOARD_LLM_URL needs SWITCHBOARD_LLM_MODEL (the served model name)")
         return self
+
+    @field_validator("sip_session_expires")
+    @classmethod
+    def _session_interval(cls, value: int) -> int:
+        if 0 < value < MIN_SE_FLOOR:
+            raise ValueError(f"must be 0 (off) or at least {MIN_SE_FLOOR} s (RFC 4028 section 4)")
+        return value
 
     @field_validator("log_level")
     @classmethod

@@ -77,6 +77,7 @@ class Switchboard:
             trunks=[trunk.to_trunk() for trunk in settings.sip_trunks],
             registrations=[registration.to_config() for registration in settings.sip_registrations],
             rtp_timeout_s=settings.rtp_timeout_s or None,
+            session_expires=settings.sip_session_expires or None,
             ring_ms=settings.ring_ms,
             tcp=settings.sip_tcp,
             tls_server=settings.tls_server_context(),

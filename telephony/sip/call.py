@@ -107,7 +107,7 @@ class SipCall:
     sdp_version: int = 1
     state: str = "early"  # early | confirmed | terminated
     hangup_by: str | None = None  # "caller" | "agent" (inbound), "callee" | "caller" (outbound)
-    end_reason: str | None = None  # "bye", "transfer", "rtp-timeout", "no-ack", "shutdown"
+    end_reason: str | None = None  # "bye", "transfer", "rtp-timeout", "session-expired", "no-ack", ...
     started_at: float = field(default_factory=time.time)
     audio_sink: AudioSink = _drop_audio
     dtmf_sink: DigitSink = _drop_digit
@@ -117,7 +117,9 @@ class SipCall:
     # Our SDP offer when the peer still owes the answer (late offer: it comes in the ACK).
     pending_offer: SessionDescription | None = None
     transfer_state: TransferState | None = None
-    ack: bytes = b""  # the ACK we sent for the 2xx (outbound), re-sent if the 2xx is retransmitted
+    ack: bytes = b""  # the ACK we sent for the latest 2xx to our INVITE, re-sent if that 2xx comes again
+    ack_cseq: int = 0  # the CSeq number of that INVITE
+    reinvite_pending: bool = False  # our own re-INVITE (a session refresh) waits for its final response
     authenticator: DigestAuthenticator | None = None  # outbound through a trunk: BYE may be challenged too
 
     # --- dialog fields, kept under their old names -------------------------------------------------------

@@ -279,6 +279,11 @@ class AnswerRetransmitter:
         """True when this ACK was the first for a pending 2xx."""
         return self._pending.pop((dialog, cseq), None) is not None
 
+    def waiting(self, dialog: DialogId) -> bool:
+        """Whether a 2xx of this dialog still waits for its ACK: its INVITE transaction is not over yet,
+        so no new INVITE may start in the dialog (14.1)."""
+        return any(key[0] == dialog for key in self._pending)
+
     def cancel(self, dialog: DialogId) -> None:
         for key in [k for k in self._pending if k[0] == dialog]:
             del self._pending[key]

@@ -1,8 +1,11 @@
-"""What the user agent starts itself: calls out (through a trunk, with digest auth) and registrations.
+"""What the user agent starts itself: calls out (through a trunk, with digest auth), session refreshes
+and registrations.
 
-`OutboundMixin` is the client half of `UserAgent`: the INVITE/ACK/CANCEL of an outgoing call, requests
-retried after a 401/407 challenge (telephony.sip.auth), and one task per configured registration that
-keeps its binding alive (telephony.sip.registration decides what to send and when to refresh).
+`OutboundMixin` is the client half of `UserAgent`: the INVITE/ACK/CANCEL of an outgoing call (offering RFC
+4028 session timers, retried with a longer interval after a 422), the re-INVITE that refreshes a session
+when we are its refresher (telephony.sip.session_timer decides when), requests retried after a 401/407
+challenge (telephony.sip.auth), and one task per configured registration that keeps its binding alive
+(telephony.sip.registration decides what to send and when to refresh).
 """
 
 from __future__ import annotations
@@ -26,19 +29,31 @@ from telephony.sdp import (
 )
 from telephony.sip.auth import Credentials, DigestAuthenticator
 from telephony.sip.call import CallFailed, SipCall
-from telephony.sip.dialog import Dialog, DialogError
+from telephony.sip.dialog import AnswerRetransmitter, Dialog, DialogError
 from telephony.sip.errors import SipParseError, SipUsageError
 from telephony.sip.message import (
     Headers,
     SipRequest,
     SipResponse,
     SipUri,
+    Via,
     generate_branch,
     generate_call_id,
     generate_tag,
+    parse_cseq,
 )
 from telephony.sip.registration import Challenge, Failed, Registered, Registration, RegistrationEvent, Retry
+from telephony.sip.session_timer import (
+    SessionAgreement,
+    SessionExpires,
+    SessionTimerConfig,
+    SessionTimers,
+    offer_headers,
+    parse_min_se,
+    read_answer,
+)
 from telephony.sip.transaction import Addr, build_cancel
+from telephony.sip.uas import ALLOW
 
 if TYPE_CHECKING:
     from telephony.sip.ua import UserAgent
@@ -46,6 +61,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OUTBOUND_USER_AGENT = "Switchboard/0.1"
+MAX_422_RETRIES = 2  # RFC 4028 7.3: each 422 names a larger Min-SE; more than a proxy and the UAS is a loop
+REFRESH_RETRY_MARGIN_S = 2.0  # a refused refresh is tried again only while this much of the session is left
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,9 +113,12 @@ class OutboundMixin:
     trunks: dict[str, SipTrunk]
     registration_configs: list[RegistrationConfig]
     calls: dict[str, SipCall]
+    session_timer: SessionTimerConfig | None
     _pool: RtpPortPool
     _clock: MediaClock
     _bind_host: str
+    _answers: AnswerRetransmitter
+    _session_timers: SessionTimers
 
     if TYPE_CHECKING:
 
@@ -121,6 +141,8 @@ class OutboundMixin:
         def _send_raw(self, data: bytes, dest: Addr, transport: str) -> None: ...
 
         def _spawn(self, coro: Awaitable[None]) -> None: ...
+
+        def _flush(self) -> None: ...
 
         def _media_stream(
             self, negotiated: NegotiatedMedia, box: list[SipCall]
@@ -225,6 +247,14 @@ class OutboundMixin:
             request, response = await self.exchange_authorized(
                 request, peer, transport, authenticator, provisional
             )
+            for _ in range(MAX_422_RETRIES):
+                retried = self._with_min_se(request, response)
+                if retried is None:
+                    break
+                request = retried  # what a CANCEL would now have to match
+                request, response = await self.exchange_authorized(
+                    request, peer, transport, authenticator, provisional
+                )
         except asyncio.CancelledError:
             stream.close()
             if ringing:  # 9.1: a CANCEL only once the INVITE got a provisional response
@@ -252,8 +282,34 @@ class OutboundMixin:
         headers.add("CSeq", f"{random.randint(1, 20000)} INVITE")
         headers.add("Contact", self.contact(transport))
         headers.add("User-Agent", OUTBOUND_USER_AGENT)
+        if self.session_timer is not None:
+            for name, value in offer_headers(self.session_timer.interval, self.session_timer.min_se):
+                headers.add(name, value)
         headers.add("Content-Type", "application/sdp")
         return SipRequest("INVITE", target, headers, body)
+
+    def _with_min_se(self, request: SipRequest, response: SipResponse) -> SipRequest | None:
+        """RFC 4028 7.3: after a 422 the same INVITE again (CSeq + 1, new branch) asking for the interval
+        its Min-SE names, and carrying that Min-SE; None when there is nothing to retry."""
+        if response.status != 422 or self.session_timer is None:
+            return None
+        try:
+            min_se = parse_min_se(response.headers["Min-SE"])
+            offered = SessionExpires.parse(request.headers["Session-Expires"]).interval
+            number, method = parse_cseq(request.headers["CSeq"])
+            via = Via.parse(request.headers["Via"])
+        except (KeyError, SipParseError):
+            return None
+        if min_se <= offered:
+            return None  # asking again for the same would be refused the same way
+        headers = request.headers.copy()
+        headers.set(
+            "Via", str(Via(via.transport, via.host, via.port, {**via.params, "branch": generate_branch()}))
+        )
+        headers.set("CSeq", f"{number + 1} {method}")
+        for name, value in offer_headers(min_se, min_se):
+            headers.set(name, value)
+        return SipRequest(request.method, request.uri, headers, request.body)
 
     def _confirm_outbound(
         self,
@@ -292,7 +348,7 @@ class OutboundMixin:
         )
         box.append(call)
         ack = dialog.create_ack(number, transport=transport, sent_by=self.sent_by(transport))
-        call.ack = bytes(ack)
+        call.ack, call.ack_cseq = bytes(ack), number
         self._register_call(call)
         self._send_raw(call.ack, peer, transport)
         try:
@@ -305,7 +361,131 @@ class OutboundMixin:
         call.state = "confirmed"
         dialog.state = "confirmed"
         call.confirmed.set()
+        if self.session_timer is not None:
+            self._start_session_timer(call, request, response, previous=None)
         return call
+
+    def _start_session_timer(
+        self, call: SipCall, request: SipRequest, response: SipResponse, previous: SessionAgreement | None
+    ) -> None:
+        """RFC 4028 7.2: the 2xx to our INVITE settles the session timer (or switches it off)."""
+        try:
+            min_se = parse_min_se(request.headers.get("Min-SE") or "0")
+            agreement = read_answer(response, min_se=min_se, previous=previous)
+        except SipParseError as exc:
+            log.info(
+                "call %s: bad Session-Expires in 2xx (%s); keeping the timer as it was", call.call_id, exc
+            )
+            agreement = previous
+        if agreement is None:
+            self._session_timers.stop(call.dialog.id)
+        else:
+            self._session_timers.start(call.dialog.id, agreement, self._now())
+        self._flush()
+
+    # --- session refresh (RFC 4028) -----------------------------------------------------------------------
+    async def refresh_session(self, call: SipCall) -> None:
+        """Our re-INVITE keeping the session alive: the same SDP, same version, so nothing about the media
+        changes (RFC 3264 8); its 2xx restarts the session timer (RFC 4028 7.4 and 10)."""
+        dialog_id = call.dialog.id
+        agreement = self._session_timers.agreement(dialog_id)
+        if agreement is None or call.state == "terminated":
+            return
+        if (
+            call.state != "confirmed"
+            or call.pending_offer is not None
+            or call.reinvite_pending
+            or self._answers.waiting(dialog_id)
+        ):
+            # 14.1: no new INVITE while another INVITE transaction of the dialog is still in progress.
+            self._session_timers.refresh_later(dialog_id, self._now() + 1.0)
+            self._flush()
+            return
+        outcome = await self._refresh_exchange(call, agreement)
+        if call.state == "terminated":
+            return
+        if not isinstance(outcome, int):
+            self._confirm_refresh(call, *outcome, agreement)
+        elif outcome in (408, 481, 503):
+            # RFC 4028 10 / RFC 3261 12.2.1.2: no answer, or the peer has lost the dialog.
+            log.info("call %s: session refresh failed (%s); hanging up", call.call_id, outcome)
+            self._spawn(self.send_bye(call, "session-refresh-failed"))
+        else:
+            # 491 (glare: again after 14.1's random 2.1-4 s) or a refusal: again halfway to the expiry, while
+            # that leaves time; otherwise the session expires and SessionExpired ends the call.
+            now = self._now()
+            expires_at = self._session_timers.expires_at(dialog_id) or now
+            retry_at = max(
+                now + (random.uniform(2.1, 4.0) if outcome == 491 else 0.0), (now + expires_at) / 2
+            )
+            if expires_at - retry_at >= REFRESH_RETRY_MARGIN_S:
+                self._session_timers.refresh_later(dialog_id, retry_at)
+            self._flush()
+
+    async def _refresh_exchange(
+        self, call: SipCall, agreement: SessionAgreement
+    ) -> tuple[SipRequest, SipResponse] | int:
+        """Our refresh and its 2xx, or the status that refused it (408/503 when nothing came back). A 422
+        is answered once with the longer interval it asks for (RFC 4028 7.3)."""
+        interval, min_se = agreement.interval, agreement.min_se
+        try:
+            sent, response = await self._send_refresh(call, interval, min_se)
+            if response.status == 422:
+                try:
+                    larger = parse_min_se(response.headers["Min-SE"])
+                except (KeyError, SipParseError):
+                    larger = 0
+                if larger > interval:
+                    sent, response = await self._send_refresh(call, larger, max(min_se, larger))
+        except CallFailed as exc:
+            return exc.status
+        return (sent, response) if 200 <= response.status < 300 else response.status
+
+    async def _send_refresh(
+        self, call: SipCall, interval: int, min_se: int
+    ) -> tuple[SipRequest, SipResponse]:
+        request = call.dialog.create_request(
+            "INVITE",
+            transport=call.transport,
+            sent_by=self.sent_by(call.transport),
+            contact=self.contact(call.transport),
+            headers=[
+                ("User-Agent", OUTBOUND_USER_AGENT),
+                ("Allow", ALLOW),
+                *offer_headers(interval, min_se, "uac"),  # we refresh, and are this transaction's uac
+            ],
+            body=call.local_sdp,
+            content_type="application/sdp",
+        )
+        call.reinvite_pending = True
+        try:
+            sent, response = await self.exchange_authorized(
+                request, call.peer_addr, call.transport, call.authenticator
+            )
+        finally:
+            call.reinvite_pending = False
+        number, _ = parse_cseq(sent.headers["CSeq"])
+        call.dialog.local_seq = max(call.dialog.local_seq, number)  # a challenge took CSeq + 1
+        return sent, response
+
+    def _confirm_refresh(
+        self, call: SipCall, sent: SipRequest, response: SipResponse, previous: SessionAgreement
+    ) -> None:
+        number, _ = parse_cseq(sent.headers["CSeq"])
+        ack = call.dialog.create_ack(number, transport=call.transport, sent_by=self.sent_by(call.transport))
+        call.ack, call.ack_cseq = bytes(ack), number
+        self._send_raw(call.ack, call.peer_addr, call.transport)
+        with contextlib.suppress(DialogError):
+            call.dialog.refresh_target(response)
+        try:
+            negotiated = parse_answer(
+                SessionDescription.parse(call.local_sdp), SessionDescription.parse(response.body)
+            )
+        except (SdpError, NoCommonCodec) as exc:
+            log.info("call %s: unusable answer to our refresh (%s); media left as it was", call.call_id, exc)
+        else:
+            self._apply_media(call, negotiated, previous=call.negotiated)
+        self._start_session_timer(call, sent, response, previous)
 
     # --- registrations ------------------------------------------------------------------------------------
     def start_registrations(self) -> None:

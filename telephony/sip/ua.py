@@ -1,10 +1,11 @@
 """The asyncio SIP user agent: one timer and the sockets around the sans-IO transaction and dialog layers.
 
 Everything protocol-shaped happens in `transaction` (retransmissions, timers A-M), `dialog` (CSeq, routes,
-targets, 2xx until ACK) and `admission`; this shell feeds them datagrams and time, sends what they emit,
-and runs the call logic: answering INVITEs (early and late offer), re-INVITEs for hold/resume, INFO DTMF,
-BYE/CANCEL, blind transfer with REFER, RTP timeouts, and on the client side INVITE with digest auth,
-REGISTER refreshes (`outbound`) and CANCEL.
+targets, 2xx until ACK), `session_timer` (RFC 4028 refresh and expiry deadlines) and `admission`; this
+shell feeds them datagrams and time, sends what they emit, and runs the call logic: answering INVITEs
+(early and late offer), re-INVITEs for hold/resume, INFO DTMF, BYE/CANCEL, blind transfer with REFER, RTP
+timeouts, session refreshes and expiry, and on the client side INVITE with digest auth, REGISTER refreshes
+(`outbound`) and CANCEL.
 """
 
 from __future__ import annotations
@@ -24,6 +25,14 @@ from telephony.sip.errors import SipParseError
 from telephony.sip.message import SipRequest, SipResponse, make_response, parse_cseq
 from telephony.sip.outbound import OutboundMixin, RegistrationConfig, SipTrunk
 from telephony.sip.refer import build_refer, parse_refer_notify
+from telephony.sip.session_timer import (
+    MIN_SE_FLOOR,
+    TIMER_OPTION,
+    RefreshDue,
+    SessionAgreement,
+    SessionTimerConfig,
+    SessionTimers,
+)
 from telephony.sip.transaction import (
     AckReceived,
     Addr,
@@ -50,6 +59,7 @@ USER_AGENT = "Switchboard/0.1"
 ACCEPT_INFO = "application/dtmf-relay, application/dtmf"
 _KNOWN_METHODS = frozenset({"REGISTER", "SUBSCRIBE", "PUBLISH", "MESSAGE", "UPDATE", "PRACK", "REFER"})
 RTP_TIMEOUT_REASON = 'SIP;cause=408;text="RTP timeout"'
+SESSION_EXPIRED_REASON = 'SIP;cause=408;text="Session expired"'
 TRANSFER_TIMEOUT_S = 32.0
 
 
@@ -78,6 +88,8 @@ class UserAgent(UasMixin, OutboundMixin):
         trunks: Sequence[SipTrunk] = (),
         registrations: Sequence[RegistrationConfig] = (),
         rtp_timeout_s: float | None = None,
+        session_expires: int | None = None,
+        min_se: int = MIN_SE_FLOOR,
         ring_ms: int = 0,
         tcp: bool = True,
         tls_server: ssl.SSLContext | None = None,
@@ -92,6 +104,10 @@ class UserAgent(UasMixin, OutboundMixin):
         self.user = user
         self.timers = timers or TimerConfig()
         self.rtp_timeout_s = rtp_timeout_s
+        # RFC 4028 session timers: the interval we ask for and the shortest we accept; None: off (the
+        # extension is then unknown to us: no Supported: timer, and Require: timer gets 420).
+        self.session_timer = SessionTimerConfig(session_expires, min_se) if session_expires else None
+        self._session_timers = SessionTimers()
         self.ring_ms = ring_ms
         self.admission = AdmissionPolicy(allowlist=allowlist)
         self.trunks = {trunk.name: trunk for trunk in trunks}
@@ -189,6 +205,7 @@ class UserAgent(UasMixin, OutboundMixin):
         self.calls.pop(call.call_id, None)
         self._dialogs.pop(call.dialog.id, None)
         self._answers.cancel(call.dialog.id)
+        self._session_timers.stop(call.dialog.id)
         if call.transfer_state is not None and not call.transfer_state.result.done():
             call.transfer_state.result.set_result(False)
         call.confirmed.set()
@@ -228,13 +245,26 @@ class UserAgent(UasMixin, OutboundMixin):
                 # 13.3.1.4: no ACK for our 2xx within 64*T1: the dialog is ended with BYE.
                 log.warning("no ACK for call %s; hanging up", call.call_id)
                 self._spawn(self.send_bye(call, "no-ack"))
+        for timer_event in self._session_timers.tick(now):
+            call = self._dialogs.get(timer_event.dialog)
+            if call is None:
+                continue
+            if isinstance(timer_event, RefreshDue):
+                self._spawn(self.refresh_session(call))
+            else:
+                log.info("call %s: session expired without a refresh; hanging up", call.call_id)
+                self._spawn(self.send_bye(call, "session-expired", reason_header=SESSION_EXPIRED_REASON))
         self._handle(events, now)
         self._flush()
 
     def _flush(self) -> None:
         for outgoing in self._layer.pop_outgoing():
             self._transports.send(outgoing.data, outgoing.dest, outgoing.transport)
-        deadlines = [d for d in (self._layer.next_timer(), self._answers.next_timer()) if d is not None]
+        deadlines = [
+            d
+            for d in (self._layer.next_timer(), self._answers.next_timer(), self._session_timers.next_timer())
+            if d is not None
+        ]
         if not deadlines:
             return
         deadline = min(deadlines)
@@ -340,11 +370,11 @@ class UserAgent(UasMixin, OutboundMixin):
         if not 200 <= response.status < 300:
             return
         try:
-            _, method = parse_cseq(response.headers["CSeq"])
+            number, method = parse_cseq(response.headers["CSeq"])
         except (KeyError, SipParseError):
             return
         call = self.calls.get(response.headers.get("Call-ID") or "")
-        if method == "INVITE" and call is not None and call.ack:
+        if method == "INVITE" and call is not None and call.ack and number == call.ack_cseq:
             self._transports.send(call.ack, call.peer_addr, call.transport)
 
     # --- server side: dispatch ----------------------------------------------------------------------------
@@ -358,9 +388,9 @@ class UserAgent(UasMixin, OutboundMixin):
         if isinstance(verdict, Refused):
             self._respond(tid, request, verdict.status, verdict.reason)
             return
-        required = [item for item in request.headers.get_all("Require") if item]
+        required = [item for item in request.headers.get_all("Require") if item and not self._supports(item)]
         if required and request.method != "CANCEL":
-            # 8.2.2.3: we implement no extension a peer could require.
+            # 8.2.2.3: the only extension a peer may require is RFC 4028's, when session timers are on.
             self._respond(tid, request, 420, extra=[("Unsupported", ", ".join(required))])
             return
         try:
@@ -393,8 +423,18 @@ class UserAgent(UasMixin, OutboundMixin):
         else:
             self._respond(tid, request, 501, extra=[("Allow", ALLOW)])
 
+    def _supports(self, option: str) -> bool:
+        return self.session_timer is not None and option.lower() == TIMER_OPTION
+
     def _capabilities(self) -> list[tuple[str, str]]:
-        return [("Allow", ALLOW), ("Accept", "application/sdp"), ("Accept-Language", "en")]
+        capabilities = [("Allow", ALLOW), ("Accept", "application/sdp"), ("Accept-Language", "en")]
+        if self.session_timer is not None:
+            capabilities.append(("Supported", TIMER_OPTION))
+        return capabilities
+
+    def session_agreement(self, call: SipCall) -> SessionAgreement | None:
+        """The RFC 4028 session timer of a call (interval, who refreshes), or None when it has none."""
+        return self._session_timers.agreement(call.dialog.id)
 
     def _on_dialog_request(self, call: SipCall, event: RequestReceived) -> None:
         request, tid = event.request, event.transaction

@@ -2,7 +2,10 @@
 
 An INVITE rings for `ring_ms`, gets its RTP port and is answered with SDP (an answer to its offer, or our
 offer when it came without one: the answer then arrives in the ACK). A re-INVITE in the dialog puts the
-media on hold or resumes it, or moves it to a new address; it never changes the codec in use.
+media on hold or resumes it, or moves it to a new address; it never changes the codec in use. With session
+timers on, every INVITE and re-INVITE is also an RFC 4028 session refresh (telephony.sip.session_timer):
+422 below our Min-SE, otherwise a 2xx naming the interval and the refresher; an unchanged SDP (a refresh)
+leaves the media stream exactly as it was.
 """
 
 from __future__ import annotations
@@ -28,6 +31,15 @@ from telephony.sip.call import HOLD_ADDRESSES, SipCall
 from telephony.sip.dialog import AnswerRetransmitter, Dialog, DialogError, DialogId, dialog_id_for_request
 from telephony.sip.errors import SipParseError
 from telephony.sip.message import SipRequest, SipResponse, generate_tag, make_response, parse_cseq
+from telephony.sip.session_timer import (
+    TIMER_OPTION,
+    IntervalTooSmall,
+    SessionAgreement,
+    SessionTimerConfig,
+    SessionTimers,
+    negotiate_as_uas,
+    response_headers,
+)
 from telephony.sip.transaction import (
     Addr,
     RequestReceived,
@@ -56,6 +68,7 @@ class _Ringing:
     transport: str
     dialog: Dialog
     offer: SessionDescription | None
+    session: SessionAgreement | None = None  # the RFC 4028 session timer our 2xx sets up
     cancelled: bool = False
 
 
@@ -66,6 +79,7 @@ class UasMixin:
     max_calls: int
     ring_ms: int
     rtp_timeout_s: float | None
+    session_timer: SessionTimerConfig | None
     calls: dict[str, SipCall]
     _pool: RtpPortPool
     _clock: MediaClock
@@ -75,6 +89,7 @@ class UasMixin:
     _on_call: IncomingCallHandler | None
     _ringing: dict[TransactionId, _Ringing]
     _dialogs: dict[DialogId, SipCall]
+    _session_timers: SessionTimers
 
     if TYPE_CHECKING:
 
@@ -133,6 +148,9 @@ class UasMixin:
             except NoCommonCodec:
                 self._respond(tid, request, 488, extra=[("Accept", "application/sdp")])
                 return
+        accepted, session = self._negotiate_session(tid, request)
+        if not accepted:
+            return
         local_tag = generate_tag()
         try:
             dialog = Dialog.from_uas(request, local_tag, local_seq=random.randint(1, 20000))
@@ -141,7 +159,7 @@ class UasMixin:
             return
         self._respond(tid, request, 100)
         self._respond(tid, request, 180, to_tag=local_tag, extra=[("Contact", self.contact(event.transport))])
-        ringing = _Ringing(tid, request, event.source, event.transport, dialog, offer)
+        ringing = _Ringing(tid, request, event.source, event.transport, dialog, offer, session)
         self._ringing[tid] = ringing
         self._spawn(self._answer(ringing))
 
@@ -216,34 +234,59 @@ class UasMixin:
         if offer is not None:
             self._apply_media(call, negotiated, previous=None)
         self._ringing.pop(ringing.transaction, None)
-        ok = self._ok(request, call)
+        ok = self._ok(request, call, ringing.session)
         if self._layer.state(ringing.transaction) != "proceeding":
             stream.close()  # the transaction gave up meanwhile (TU guard, transport failure)
             return
         self._register_call(call)
-        self._send_ok(ringing.transaction, call, ok)
+        self._send_ok(ringing.transaction, call, ok, ringing.session)
         if self._on_call is not None:
             self._spawn(self._run_handler(call))
 
-    def _ok(self, request: SipRequest, call: SipCall) -> SipResponse:
+    def _ok(self, request: SipRequest, call: SipCall, session: SessionAgreement | None) -> SipResponse:
+        extra = [("Contact", self.contact(call.transport)), ("Allow", ALLOW)]
+        if self.session_timer is not None:
+            extra.append(("Supported", TIMER_OPTION))
+        if session is not None:
+            extra.extend(response_headers(session))
         response = make_response(
             request,
             200,
             to_tag=call.local_tag,
             body=call.local_sdp,
             content_type="application/sdp",
-            extra=[("Contact", self.contact(call.transport)), ("Allow", ALLOW)],
+            extra=extra,
         )
         response.headers.add("Server", SERVER)
         return response
 
-    def _send_ok(self, tid: TransactionId, call: SipCall, ok: SipResponse) -> None:
+    def _send_ok(
+        self, tid: TransactionId, call: SipCall, ok: SipResponse, session: SessionAgreement | None
+    ) -> None:
         now = self._now()
         self._layer.respond(tid, ok, now)
         number, _ = parse_cseq(ok.headers["CSeq"])
         # 13.3.1.4: the 2xx is ours to retransmit until the ACK, not the transaction's (RFC 6026).
         self._answers.start(call.dialog.id, number, bytes(ok), call.peer_addr, call.transport, now)
+        if session is not None:
+            self._session_timers.start(call.dialog.id, session, now)  # RFC 4028 10: from the 2xx on
         self._flush()
+
+    def _negotiate_session(
+        self, tid: TransactionId, request: SipRequest
+    ) -> tuple[bool, SessionAgreement | None]:
+        """RFC 4028 section 9 for an INVITE or re-INVITE: (False, None) once it has been refused."""
+        if self.session_timer is None:
+            return True, None
+        try:
+            outcome = negotiate_as_uas(request, self.session_timer)
+        except SipParseError as exc:
+            self._respond(tid, request, exc.status, exc.reason)
+            return False, None
+        if isinstance(outcome, IntervalTooSmall):
+            self._respond(tid, request, 422, extra=outcome.headers)
+            return False, None
+        return True, outcome
 
     async def _run_handler(self, call: SipCall) -> None:
         assert self._on_call is not None
@@ -261,13 +304,15 @@ class UasMixin:
     ) -> None:
         """Point the stream at what the latest offer/answer says (hold, resume, moved media)."""
         call.negotiated = negotiated
-        if negotiated.remote_host in HOLD_ADDRESSES or negotiated.remote_port == 0:
-            call.media.set_direction("inactive")
-            return
+        held = negotiated.remote_host in HOLD_ADDRESSES or negotiated.remote_port == 0
+        direction = "inactive" if held else negotiated.direction
         remote = (negotiated.remote_host, negotiated.remote_port)
-        if previous is not None and remote != (previous.remote_host, previous.remote_port):
+        if not held and previous is not None and remote != (previous.remote_host, previous.remote_port):
             call.media.update_remote(remote)
-        call.media.set_direction(negotiated.direction)
+        # An unchanged description (a session refresh, RFC 4028) leaves the stream as it is: setting the
+        # same direction again would restart its RTP-timeout count.
+        if direction != call.media.direction:
+            call.media.set_direction(direction)
 
     def _on_ack(self, ack: SipRequest) -> None:
         try:
@@ -296,11 +341,15 @@ class UasMixin:
 
     def _on_reinvite(self, call: SipCall, event: RequestReceived) -> None:
         request, tid = event.request, event.transaction
-        if call.pending_offer is not None:
-            # 14.2: our offer (late-offer 200) still waits for its answer in the ACK. A 2xx that merely waits
-            # for its ACK after a completed offer/answer is no reason to refuse (RFC 5407 3.1.5).
+        if call.pending_offer is not None or call.reinvite_pending:
+            # 14.2: our offer (late-offer 200, or our own refresh re-INVITE) still waits for its answer. A 2xx
+            # that merely waits for its ACK after a completed offer/answer is no reason to refuse (RFC 5407
+            # 3.1.5).
             self._respond(tid, request, 491)
             return
+        accepted, session = self._negotiate_session(tid, request)
+        if not accepted:
+            return  # 422: the session goes on as it was
         try:
             call.dialog.refresh_target(request)
         except DialogError as exc:
@@ -333,7 +382,7 @@ class UasMixin:
             )
             call.local_sdp = bytes(offer)
             call.pending_offer = offer
-        self._send_ok(tid, call, self._ok(request, call))
+        self._send_ok(tid, call, self._ok(request, call, session), session)
 
     def _reanswer(
         self, call: SipCall, offer: SessionDescription, version: int
