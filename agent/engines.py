@@ -10,7 +10,7 @@ Engines translate their own failures into `agent.stt.SttError` / `agent.tts.TtsE
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class StreamingRecognizer(Protocol):
@@ -27,6 +27,21 @@ class StreamingRecognizer(Protocol):
 
     def end_utterance(self) -> str:
         """Finish the utterance and return its final transcript, lower case."""
+
+
+@runtime_checkable
+class AsyncRecognizer(Protocol):
+    """A recogniser the event loop can drive without a thread in between (one in a worker process, reached
+    over a socket). The call session prefers these methods when a recogniser has them."""
+
+    async def start_utterance_async(self) -> None:
+        """As `StreamingRecognizer.start_utterance`."""
+
+    async def feed_async(self, pcm16_8k: bytes) -> str:
+        """As `StreamingRecognizer.feed`, returning the partial transcript after it."""
+
+    async def end_utterance_async(self) -> str:
+        """As `StreamingRecognizer.end_utterance`."""
 
 
 class SpeechEngine(Protocol):

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeVar
 
 from agent.booking_flow import AgentReply
-from agent.engines import SpeechEngine, StreamingRecognizer, Synthesizer
+from agent.engines import AsyncRecognizer, SpeechEngine, StreamingRecognizer, Synthesizer
 from agent.speculation import Speculation, adopt, speculate
 from agent.telemetry import TimedTools, TurnTelemetry
 from agent.transcript import TranscriptSink, TurnRecord
@@ -147,6 +147,33 @@ class _End:
 _SttCommand = bytes | _Speculate | _Resume | _End
 
 
+class _SttInbox:
+    """The recogniser's queue: caller audio and turn commands in order. Audio that piled up while a feed
+    was in flight is taken in one batch (`take_audio`), so a busy recogniser gets fewer, longer feeds."""
+
+    def __init__(self) -> None:
+        self._items: collections.deque[_SttCommand] = collections.deque()
+        self._ready = asyncio.Event()
+
+    def put(self, item: _SttCommand) -> None:
+        self._items.append(item)
+        self._ready.set()
+
+    async def get(self) -> _SttCommand:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
+
+    def take_audio(self) -> list[bytes]:
+        """The audio at the head of the queue, up to the next command."""
+        audio: list[bytes] = []
+        items = self._items
+        while items and isinstance(items[0], bytes):
+            audio.append(items.popleft())  # type: ignore[arg-type]
+        return audio
+
+
 @dataclass(slots=True)
 class CallerTurn:
     kind: str  # "utterance" | "dtmf"
@@ -210,7 +237,7 @@ class CallSession:
         self._echo = EchoGate()
         self._preroll: collections.deque[bytes] = collections.deque(maxlen=PREROLL_FRAMES)
         self._recognizer: StreamingRecognizer | None = None
-        self._stt: asyncio.Queue[_SttCommand] = asyncio.Queue()
+        self._stt = _SttInbox()
         self._events: asyncio.Queue[CallerTurn] = asyncio.Queue()
         self._pending: collections.deque[CallerTurn] = collections.deque()
         self._last_activity = clock()
@@ -268,7 +295,7 @@ class CallSession:
             self._to_stt(frame)
             silence_ms = endpointer.stream_ms - event.at_ms
             self._last_activity = self._clock()
-            self._stt.put_nowait(
+            self._stt.put(
                 _End(
                     turn=self._turn,
                     speech_end_at=self._last_activity - silence_ms / 1000,
@@ -301,7 +328,7 @@ class CallSession:
 
     def _to_stt(self, frame: bytes) -> None:
         self._frames_to_stt += 1
-        self._stt.put_nowait(frame)
+        self._stt.put(frame)
 
     @property
     def _partial_is_current(self) -> bool:
@@ -331,7 +358,7 @@ class CallSession:
         if self._completeness[1] is Completeness.UNFINISHED:
             return
         self._speculating = True
-        self._stt.put_nowait(_Speculate())
+        self._stt.put(_Speculate())
         # Work out the reply to the partial meanwhile: when the final transcript agrees (it mostly does),
         # the reply is ready before the recogniser has even finished.
         if self._partial_is_current:
@@ -341,7 +368,7 @@ class CallSession:
         self._speculating = False
         self._tentative = None
         self._drop_prepared()
-        self._stt.put_nowait(_Resume())
+        self._stt.put(_Resume())
 
     def _drop_prepared(self) -> None:
         self._prepared = None  # a task still running finishes on its own; its result is ignored
@@ -669,9 +696,6 @@ class CallSession:
     # --- recognition --------------------------------------------------------------------------------
     async def _recognise(self) -> None:
         """Feed caller speech to the recogniser in order, keep the partial, finalise turns."""
-        loop = asyncio.get_running_loop()
-        recognizer = self._recognizer
-        assert recognizer is not None
         open_utterance = False
         tentative: str | None = None  # finalised early; later audio is kept, not decoded, unless resumed
         tentative_at = 0.0
@@ -679,9 +703,7 @@ class CallSession:
         while True:
             command = await self._stt.get()
             if isinstance(command, bytes):
-                batch = [command]
-                while not self._stt.empty() and isinstance(self._stt._queue[0], bytes):  # type: ignore[attr-defined]
-                    batch.append(self._stt.get_nowait())  # type: ignore[arg-type]
+                batch = [command, *self._stt.take_audio()]  # what arrived while the last feed ran
                 audio = b"".join(batch)
                 turn_audio.append(audio)
                 if tentative is not None:
@@ -689,9 +711,9 @@ class CallSession:
                     continue
                 try:
                     if not open_utterance:
-                        await loop.run_in_executor(self._stt_executor, recognizer.start_utterance)
+                        await self._stt_start()
                         open_utterance = True
-                    self._partial = await loop.run_in_executor(self._stt_executor, _feed, recognizer, audio)
+                    self._partial = await self._stt_feed(audio)
                     self._frames_recognised += len(batch)
                 except Exception:
                     log.exception("call %s: speech recognition failed", self.call_id)
@@ -701,7 +723,7 @@ class CallSession:
                     continue
                 turn = self._turn
                 try:
-                    tentative = await loop.run_in_executor(self._stt_executor, recognizer.end_utterance)
+                    tentative = await self._stt_end()
                 except Exception:
                     log.exception("call %s: speech recognition failed", self.call_id)
                     tentative = ""
@@ -714,10 +736,8 @@ class CallSession:
                     continue
                 tentative = None
                 try:
-                    await loop.run_in_executor(self._stt_executor, recognizer.start_utterance)
-                    self._partial = await loop.run_in_executor(
-                        self._stt_executor, _feed, recognizer, b"".join(turn_audio)
-                    )
+                    await self._stt_start()
+                    self._partial = await self._stt_feed(b"".join(turn_audio))
                     open_utterance = True
                 except Exception:
                     log.exception("call %s: speech recognition failed", self.call_id)
@@ -727,7 +747,7 @@ class CallSession:
                 finished_at = self._clock()
                 if open_utterance:
                     try:
-                        text = await loop.run_in_executor(self._stt_executor, recognizer.end_utterance)
+                        text = await self._stt_end()
                     except Exception:
                         log.exception("call %s: speech recognition failed", self.call_id)
                     finished_at = self._clock()
@@ -752,6 +772,29 @@ class CallSession:
                         speech_ms=command.speech_ms,
                     )
                 )
+
+    # The recogniser is looked up on every call: a failed one is replaced by `_restart_recognizer`.
+    async def _stt_start(self) -> None:
+        recognizer = self._recognizer
+        assert recognizer is not None
+        if isinstance(recognizer, AsyncRecognizer):
+            await recognizer.start_utterance_async()
+        else:
+            await asyncio.get_running_loop().run_in_executor(self._stt_executor, recognizer.start_utterance)
+
+    async def _stt_feed(self, audio: bytes) -> str:
+        recognizer = self._recognizer
+        assert recognizer is not None
+        if isinstance(recognizer, AsyncRecognizer):
+            return await recognizer.feed_async(audio)
+        return await asyncio.get_running_loop().run_in_executor(self._stt_executor, _feed, recognizer, audio)
+
+    async def _stt_end(self) -> str:
+        recognizer = self._recognizer
+        assert recognizer is not None
+        if isinstance(recognizer, AsyncRecognizer):
+            return await recognizer.end_utterance_async()
+        return await asyncio.get_running_loop().run_in_executor(self._stt_executor, recognizer.end_utterance)
 
     async def _restart_recognizer(self) -> bool:
         loop = asyncio.get_running_loop()

@@ -5,20 +5,28 @@ wake-up lag to p99 151 ms, which is late media packets and audible gaps on every
 So the recognisers live in a few worker processes (one per core by default), each holding the shared
 model once; a call's recogniser stays in the worker that created it.
 
-The parent side, `PooledRecognizer`, has the same blocking interface as a local recogniser and is driven
-the same way, from the session's worker threads: each method is one request/reply over a pipe, during
-which the calling thread waits on I/O without the GIL. `feed` returns the partial transcript with its
-reply, so the session's usual feed-then-partial costs one round trip.
+Each worker has two channels. The control pipe carries blocking request/reply calls from any thread
+(creating and closing recognisers, a rebuilt model, and the blocking `StreamingRecognizer` methods).
+The stream socket carries the call session's audio from the event loop itself (`feed_async` and
+friends): requests are framed, pipelined and matched to futures by id, with no thread in between.
+Measured before it existed: a feed through a worker thread and the control pipe cost ~260 us of the
+server's CPU (thread hand-offs, lock, wake-ups), 45 % of a core for 40 callers speaking at once.
+The worker answers a final transcript ahead of the partials waiting with it: a caller waiting for a
+reply matters more than a partial.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import pickle
+import socket
+import struct
 import threading
 from collections.abc import Callable
 from typing import Any, Final
@@ -30,14 +38,20 @@ log = logging.getLogger(__name__)
 
 __all__ = ["PooledRecognizer", "RecognizerPool"]
 
-_Request = tuple[str, int, Any]  # (operation, recogniser id, argument)
+_StreamRequest = tuple[int, str, int, Any]  # (request id, operation, recogniser id, argument)
 _READY: Final = "ready"
 
 
+_FRAME: Final = struct.Struct("!I")  # stream frames: 4-byte big-endian length, then a pickle
+_FIRST: Final = frozenset({"end", "start"})  # answered ahead of feeds that arrived with them
+
+
 def _serve(
-    engine_factory: Callable[[], SpeechEngine], connection: multiprocessing.connection.Connection
+    engine_factory: Callable[[], SpeechEngine],
+    connection: multiprocessing.connection.Connection,
+    stream: socket.socket,
 ) -> None:
-    """Worker process: build the engine once, then answer requests until the pipe closes."""
+    """Worker process: build the engine once, then answer both channels until the control pipe closes."""
     try:
         engine = engine_factory()
     except BaseException as exc:  # report any start-up failure to the parent, then exit
@@ -45,44 +59,206 @@ def _serve(
         return
     connection.send(("ok", _READY))
     recognizers: dict[int, StreamingRecognizer] = {}
+    inbox = bytearray()
     while True:
+        for ready in multiprocessing.connection.wait([connection, stream]):
+            if ready is connection:
+                try:
+                    operation, ident, argument = connection.recv()
+                except (EOFError, OSError):
+                    return
+                if operation == "engine":  # a rebuilt model: new recognisers use it, live ones keep theirs
+                    engine = argument
+                    connection.send(("ok", None))
+                else:
+                    connection.send(_perform(engine, recognizers, operation, ident, argument))
+            else:
+                try:
+                    data = stream.recv(1 << 18)
+                except OSError:
+                    data = b""
+                if not data:
+                    stream.close()
+                    return
+                inbox += data
+                requests: list[_StreamRequest] = []
+                while len(inbox) >= _FRAME.size:
+                    (size,) = _FRAME.unpack_from(inbox)
+                    if len(inbox) < _FRAME.size + size:
+                        break
+                    requests.append(pickle.loads(inbox[_FRAME.size : _FRAME.size + size]))
+                    del inbox[: _FRAME.size + size]
+                # Finals first; a call has one request in flight, so no call's requests are reordered.
+                requests.sort(key=lambda request: request[1] not in _FIRST)
+                for request_id, operation, ident, argument in requests:
+                    reply = _perform(engine, recognizers, operation, ident, argument)
+                    payload = pickle.dumps((request_id, *reply), protocol=pickle.HIGHEST_PROTOCOL)
+                    stream.sendall(_FRAME.pack(len(payload)) + payload)
+
+
+def _perform(
+    engine: SpeechEngine,
+    recognizers: dict[int, StreamingRecognizer],
+    operation: str,
+    ident: int,
+    argument: Any,
+) -> tuple[str, Any]:
+    try:
+        result: Any = None
+        if operation == "new":
+            recognizers[ident] = engine.new_recognizer()
+        elif operation == "close":
+            recognizers.pop(ident, None)
+        else:
+            recognizer = recognizers[ident]
+            if operation == "start":
+                recognizer.start_utterance()
+            elif operation == "feed":
+                recognizer.feed(argument)
+                result = recognizer.partial()
+            elif operation == "partial":
+                result = recognizer.partial()
+            elif operation == "end":
+                result = recognizer.end_utterance()
+            else:
+                raise ValueError(f"unknown operation {operation!r}")
+        return ("ok", result)
+    except Exception as exc:
+        return ("error", f"{type(exc).__name__}: {exc}")
+
+
+class _Stream:
+    """The parent's end of a worker's stream socket, driven by the running event loop.
+
+    Non-blocking both ways: a request is written at once when the socket takes it and buffered (with a
+    writer callback) when it does not, so the loop never waits on a busy worker. Bound to the loop that
+    first uses it; a later loop (a test's second ``asyncio.run``) takes it over.
+    """
+
+    def __init__(self, sock: socket.socket, name: str) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._name = name
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[tuple[str, Any]]] = {}
+        self._inbox = bytearray()
+        self._outbox = bytearray()
+        self._gone: str | None = None
+
+    async def call(self, operation: str, ident: int, argument: Any = None) -> Any:
+        if self._gone is not None:
+            raise SttError(f"speech worker {self._name} is gone: {self._gone}")
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._bind(loop)
+        request_id = next(self._ids)
+        reply: asyncio.Future[tuple[str, Any]] = loop.create_future()
+        self._waiting[request_id] = reply
+        payload = pickle.dumps((request_id, operation, ident, argument), protocol=pickle.HIGHEST_PROTOCOL)
+        self._write(_FRAME.pack(len(payload)) + payload)
         try:
-            operation, ident, argument = connection.recv()
-        except (EOFError, OSError):
+            status, value = await reply
+        finally:
+            self._waiting.pop(request_id, None)
+        if status != "ok":
+            raise SttError(f"speech worker {self._name}: {value}")
+        return value
+
+    def close(self) -> None:
+        self._unbind()
+        self._fail("closed")
+        self._sock.close()
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._unbind()
+        self._fail("its event loop was replaced")  # replies for the old loop's futures cannot arrive there
+        self._outbox.clear()
+        self._inbox.clear()
+        self._loop = loop
+        loop.add_reader(self._sock.fileno(), self._on_readable)
+
+    def _unbind(self) -> None:
+        loop, self._loop = self._loop, None
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(self._sock.fileno())
+            loop.remove_writer(self._sock.fileno())
+
+    def _write(self, data: bytes) -> None:
+        if self._outbox:
+            self._outbox += data
             return
         try:
-            result: Any = None
-            if operation == "new":
-                recognizers[ident] = engine.new_recognizer()
-            elif operation == "engine":  # a rebuilt model: new recognisers use it, live ones keep theirs
-                engine = argument
-            elif operation == "close":
-                recognizers.pop(ident, None)
-            else:
-                recognizer = recognizers[ident]
-                if operation == "start":
-                    recognizer.start_utterance()
-                elif operation == "feed":
-                    recognizer.feed(argument)
-                    result = recognizer.partial()
-                elif operation == "partial":
-                    result = recognizer.partial()
-                elif operation == "end":
-                    result = recognizer.end_utterance()
-                else:
-                    raise ValueError(f"unknown operation {operation!r}")
-            connection.send(("ok", result))
-        except Exception as exc:
-            connection.send(("error", f"{type(exc).__name__}: {exc}"))
+            sent = self._sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._lost(repr(exc))
+            return
+        if sent < len(data):
+            self._outbox += data[sent:]
+            assert self._loop is not None
+            self._loop.add_writer(self._sock.fileno(), self._on_writable)
+
+    def _on_writable(self) -> None:
+        try:
+            sent = self._sock.send(self._outbox)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._lost(repr(exc))
+            return
+        del self._outbox[:sent]
+        if not self._outbox and self._loop is not None:
+            self._loop.remove_writer(self._sock.fileno())
+
+    def _on_readable(self) -> None:
+        try:
+            data = self._sock.recv(1 << 18)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._lost(repr(exc))
+            return
+        if not data:
+            self._lost("its socket closed")
+            return
+        inbox = self._inbox
+        inbox += data
+        while len(inbox) >= _FRAME.size:
+            (size,) = _FRAME.unpack_from(inbox)
+            if len(inbox) < _FRAME.size + size:
+                break
+            request_id, status, value = pickle.loads(inbox[_FRAME.size : _FRAME.size + size])
+            del inbox[: _FRAME.size + size]
+            reply = self._waiting.get(request_id)
+            if reply is not None and not reply.done():  # a cancelled caller no longer waits
+                reply.set_result((status, value))
+
+    def _lost(self, why: str) -> None:
+        self._gone = why
+        self._unbind()
+        self._fail(why)
+
+    def _fail(self, why: str) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for reply in waiting.values():
+            if not reply.done() and not reply.get_loop().is_closed():
+                reply.set_exception(SttError(f"speech worker {self._name} is gone: {why}"))
 
 
 class _Worker:
     def __init__(self, context: Any, engine_factory: Callable[[], SpeechEngine], name: str) -> None:
         parent, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(engine_factory, child), name=name, daemon=True)
+        parent_stream, child_stream = socket.socketpair()
+        self.process = context.Process(
+            target=_serve, args=(engine_factory, child, child_stream), name=name, daemon=True
+        )
         self.process.start()
         child.close()
+        child_stream.close()
         self._connection: multiprocessing.connection.Connection = parent
+        self.stream = _Stream(parent_stream, name)
         self._lock = threading.Lock()
         self.live = 0  # recognisers held
 
@@ -105,6 +281,7 @@ class _Worker:
         return value
 
     def close(self) -> None:
+        self.stream.close()
         self._connection.close()
         self.process.join(timeout=2)
         if self.process.is_alive():
@@ -136,6 +313,22 @@ class PooledRecognizer:
 
     def end_utterance(self) -> str:
         text = str(self._worker.call("end", self._ident))
+        self._partial = ""
+        return text
+
+    async def start_utterance_async(self) -> None:
+        self._partial = ""
+        await self._worker.stream.call("start", self._ident)
+
+    async def feed_async(self, pcm16_8k: bytes) -> str:
+        """Decode more audio from the event loop; returns the partial transcript."""
+        if len(pcm16_8k) % 2:
+            raise ValueError("PCM16 audio must have an even number of bytes")
+        self._partial = str(await self._worker.stream.call("feed", self._ident, pcm16_8k))
+        return self._partial
+
+    async def end_utterance_async(self) -> str:
+        text = str(await self._worker.stream.call("end", self._ident))
         self._partial = ""
         return text
 

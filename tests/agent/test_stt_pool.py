@@ -49,6 +49,67 @@ def test_pooled_recognisers_give_the_in_process_transcripts(
     pooled.close()  # idempotent
 
 
+def test_the_event_loop_drives_pooled_recognisers_without_threads(
+    pool: RecognizerPool, speech_model: SpeechModel, audio: list[bytes]
+) -> None:
+    """The session's path: many calls' requests pipelined on the stream socket, answered in order per
+    call, each call's transcripts the same as an in-process recogniser's."""
+
+    async def call(pcm: bytes) -> tuple[str, list[str]]:
+        recognizer = pool.new_recognizer()
+        await recognizer.start_utterance_async()
+        partials = [
+            await recognizer.feed_async(pcm[start : start + 320]) for start in range(0, len(pcm), 320)
+        ]
+        text = await recognizer.end_utterance_async()
+        recognizer.close()
+        return text, partials
+
+    async def calls() -> list[tuple[str, list[str]]]:
+        return await asyncio.gather(*(call(audio[index % len(audio)]) for index in range(6)))
+
+    expected = [speech_model.new_recognizer().transcribe(pcm) for pcm in audio]  # fresh, like each call's
+    for run in range(2):  # a second event loop takes the channel over
+        results = asyncio.run(calls())
+        for index, (text, partials) in enumerate(results):
+            assert text == expected[index % len(audio)], run
+            assert any(partials), "partials come back with the feeds"
+
+
+def test_stream_errors_come_back_as_stt_errors(pool: RecognizerPool) -> None:
+    async def misuse() -> str:
+        recognizer = pool.new_recognizer()
+        with pytest.raises(SttError, match="RuntimeError"):
+            await recognizer.end_utterance_async()  # no utterance open
+        with pytest.raises(ValueError):
+            await recognizer.feed_async(b"\x00")
+        await recognizer.start_utterance_async()
+        await recognizer.feed_async(bytes(3200))
+        return await recognizer.end_utterance_async()
+
+    assert asyncio.run(misuse()) == ""
+
+
+def test_a_worker_that_dies_fails_its_waiting_calls(speech_model: SpeechModel, audio: list[bytes]) -> None:
+    doomed = RecognizerPool(functools.partial(loaded, speech_model), processes=1)
+
+    async def kill_while_decoding() -> None:
+        recognizer = doomed.new_recognizer()
+        await recognizer.start_utterance_async()
+        feeding = asyncio.ensure_future(recognizer.feed_async(audio[1] * 4))
+        await asyncio.sleep(0.05)
+        doomed._workers[0].process.kill()
+        with pytest.raises(SttError, match="gone"):
+            await feeding
+        with pytest.raises(SttError, match="gone"):
+            await recognizer.end_utterance_async()
+
+    try:
+        asyncio.run(kill_while_decoding())
+    finally:
+        doomed.close()
+
+
 def test_errors_in_a_worker_come_back_as_stt_errors(pool: RecognizerPool) -> None:
     recognizer = pool.new_recognizer()
     with pytest.raises(SttError, match="RuntimeError"):
