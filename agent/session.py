@@ -337,16 +337,21 @@ class CallSession:
 
     def _hangover_now(self) -> int:
         text = self._tentative if self._tentative is not None else self._partial
+        # Words judged on stale audio (the recogniser lags under load): "on monday" may already be "on
+        # monday at ...". Then wait as for an unfinished phrase, until the recogniser catches up: once its
+        # partial is current the words decide again, and a finished turn ends at once (its silence has
+        # long passed the short hangover). A fixed 400 ms here ended turns inside mid-sentence pauses
+        # whenever recognition ran more than 400 ms behind.
+        stale = self._tentative is None and not self._partial_is_current
         if not text:
-            return self._timings.endpoint_hangover_ms
+            return self._timings.hangovers.unfinished_ms if stale else self._timings.endpoint_hangover_ms
         cached_text, completeness = self._completeness
         if text != cached_text:
             completeness = turn_completeness(text)
             self._completeness = (text, completeness)
         hangover = self._timings.hangovers.hangover_ms(completeness)
-        if self._tentative is None and not self._partial_is_current:
-            # Words judged on stale audio: "on monday" may already be "on monday at eight ...".
-            hangover = max(hangover, self._timings.endpoint_hangover_ms)
+        if stale:
+            hangover = max(hangover, self._timings.hangovers.unfinished_ms)
         return hangover
 
     def _maybe_speculate(self) -> None:

@@ -1,0 +1,134 @@
+"""A call session whose recogniser runs far behind the audio (an overloaded server) must not end the
+caller's turn inside a mid-sentence pause: words judged on stale audio are not trusted."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from agent.booking_flow import AgentReply
+from agent.session import CallSession, SessionTimings
+from agent.stt import Recognizer, SpeechModel
+from agent.transcript import TurnRecord
+from agent.tts import EspeakSynthesizer
+from tests.agent.conftest import phone_line
+
+FRAME_BYTES = 320
+LAG_S = 1.0  # each feed of the recogniser takes this long, however much audio it carries
+
+
+class _LaggingRecognizer:
+    def __init__(self, inner: Recognizer) -> None:
+        self._inner = inner
+
+    def start_utterance(self) -> None:
+        self._inner.start_utterance()
+
+    def feed(self, pcm16_8k: bytes) -> None:
+        time.sleep(LAG_S)
+        self._inner.feed(pcm16_8k)
+
+    def partial(self) -> str:
+        return self._inner.partial()
+
+    def end_utterance(self) -> str:
+        return self._inner.end_utterance()
+
+
+class _LaggingEngine:
+    def __init__(self, model: SpeechModel) -> None:
+        self._model = model
+
+    def new_recognizer(self) -> _LaggingRecognizer:
+        return _LaggingRecognizer(self._model.new_recognizer())
+
+
+class _Policy:
+    def __init__(self) -> None:
+        self.heard: list[tuple[float, str]] = []
+
+    def greet(self) -> AgentReply:
+        return AgentReply("Hello.")
+
+    def respond(self, text: str) -> AgentReply:
+        self.heard.append((time.monotonic(), text))
+        return AgentReply("Okay.")
+
+    def on_silence(self, count: int) -> AgentReply:
+        return AgentReply("Are you there?")
+
+    def on_dtmf(self, digit: str) -> AgentReply:
+        return AgentReply("Okay.")
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.played = 0
+
+    def play(self, pcm16: bytes) -> None:
+        self.played += len(pcm16)
+
+    def flush(self) -> int:
+        return 0
+
+    async def wait_drained(self) -> None:
+        return None
+
+    async def hangup(self) -> None:
+        return None
+
+    async def transfer(self, target: str) -> bool:
+        return False
+
+    @property
+    def frames_played(self) -> int:
+        return 0  # nothing reaches the caller's line: no echo for the gate to expect
+
+
+class _Transcript:
+    def add_turn(self, call_id: str, turn: TurnRecord) -> None:
+        return None
+
+
+def test_a_lagging_recogniser_does_not_split_a_paused_sentence(speech_model: SpeechModel) -> None:
+    voice = EspeakSynthesizer(variant="m3")
+    pause = bytes(int(0.3 * 8000) * 2)  # with the voice's own edges, ~640 ms of silence mid-sentence
+    audio = phone_line("on monday at", voice) + pause + phone_line("ten in the morning", voice)
+    audio += bytes(int(2.5 * 8000) * 2)  # then silence while the recogniser catches up
+    policy = _Policy()
+    transport = _Transport()
+
+    async def call() -> float:
+        with ThreadPoolExecutor(4) as executor:
+            session = CallSession(
+                call_id="lagging",
+                transport=transport,
+                policy=policy,
+                speech_model=_LaggingEngine(speech_model),
+                synthesizer=voice,
+                transcript=_Transcript(),
+                executor=executor,
+                timings=SessionTimings(reprompt_after_s=30.0),
+            )
+            running = asyncio.create_task(session.run())
+            while not transport.played:  # the greeting
+                await asyncio.sleep(0.01)
+            started = time.monotonic()
+            for index, offset in enumerate(range(0, len(audio), FRAME_BYTES)):
+                session.on_audio(audio[offset : offset + FRAME_BYTES].ljust(FRAME_BYTES, b"\0"))
+                await asyncio.sleep(max(0.0, started + (index + 1) * 0.02 - time.monotonic()))
+            for _ in range(300):
+                if policy.heard:
+                    break
+                await asyncio.sleep(0.02)
+            ended = started + (len(audio) - len(bytes(int(2.5 * 8000) * 2))) / 16000
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+            return ended
+
+    speech_end = asyncio.run(call())
+    assert len(policy.heard) == 1, policy.heard
+    answered_at, text = policy.heard[0]
+    assert answered_at >= speech_end, "the turn ended before the caller finished the sentence"
+    assert "morning" in text, text
