@@ -59,7 +59,7 @@ _T = TypeVar("_T")
 
 FRAME_BYTES: Final = 320  # 20 ms of 8 kHz PCM16
 PREROLL_FRAMES: Final = 15  # 300 ms kept before the VAD triggers, so word onsets reach the recogniser
-_CURRENT_WITHIN_FRAMES: Final = 8  # a partial lagging the audio by more than 160 ms is stale
+_CURRENT_WITHIN_FRAMES: Final = 8  # a partial lagging the audio by up to 160 ms is current, even mid-word
 
 
 class CallState(enum.Enum):
@@ -332,8 +332,12 @@ class CallSession:
 
     @property
     def _partial_is_current(self) -> bool:
-        """Whether the partial covers the audio up to about now (the recogniser may lag under load)."""
-        return self._frames_to_stt - self._frames_recognised <= _CURRENT_WITHIN_FRAMES
+        """Whether the partial covers what the caller said before this pause (the recogniser may lag
+        under load). Frames of the pause itself carry no words: a partial that is behind by no more than
+        the pause (and a couple of frames of look-ahead) has heard every word so far."""
+        lag = self._frames_to_stt - self._frames_recognised
+        pause = self._endpointer.trailing_silence_ms // 20
+        return lag <= max(_CURRENT_WITHIN_FRAMES, pause + 2)
 
     def _hangover_now(self) -> int:
         text = self._tentative if self._tentative is not None else self._partial

@@ -27,9 +27,17 @@ Everything is measured at the caller from the audio, never from the server's own
 * dropped calls: calls that failed to set up, ended before the script did, or got no reply in time.
 
 The load generator stays light: caller audio is synthesised once before the calls, speech is detected by
-energy alone (no recognition), and the calls start staggered so set-up is not what gets measured. One
-unmeasured warm-up call goes first. The generator reports its own CPU and media-clock stalls: if its loop
-was held up, its timestamps (and so gaps and latencies) would be too.
+energy alone (no recognition). One unmeasured warm-up call goes first. The generator reports its own CPU
+and media-clock stalls: if its loop was held up, its timestamps (and so gaps and latencies) would be too.
+
+Arrivals. N calls "at once" can mean two loads, and both are measured:
+
+* ``spread`` (default): call starts are spread evenly over ``spread_s`` seconds (20 s, about half a
+  call), so the calls are at different points of their dialogues, as a contact center's calls are. The
+  headline figures (latency percentiles, CPU per call) count only turns the caller began while all N
+  calls were up (from the last answer to the first hang-up); turns of the ramp are reported apart.
+* ``lockstep``: starts 0.05 s apart, so all N callers say the same line within a moment of each other,
+  a synchronised burst on the recognisers. Every turn counts.
 """
 
 from __future__ import annotations
@@ -51,7 +59,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from bench.agent_calls import (
     HOST,
@@ -70,6 +78,9 @@ from telephony.media import MediaClock, RtpPortPool
 from telephony.sip.ua import UserAgent
 
 TARGET_P95_MS = 500.0
+SPREAD_S = 20.0  # spread arrivals: starts evenly over this long (a call lasts ~40 s)
+LOCKSTEP_GAP_S = 0.05
+Arrivals = Literal["spread", "lockstep"]
 
 
 # --- the server under test -----------------------------------------------------------------------------
@@ -199,11 +210,13 @@ class RunResult:
     outcomes: list[CallOutcome]
     cpu_window_s: float
     server_cpu_s: float
+    window: tuple[float, float]  # monotonic times when all calls were up (or the whole run, see below)
     whole_run_s: float
     generator_cpu_s: float
     generator_tick_lateness_ms: list[float]
     load_average_before: float
     bookings_made: int | None = None
+    arrivals: Arrivals = "spread"
 
 
 def _pass() -> None:
@@ -219,7 +232,7 @@ async def _run_calls(
     server: ServerProcess,
     scripts: Sequence[CallerScript],
     audio: dict[tuple[str, Line], LineAudio],
-    seconds_between_calls: float,
+    starts: Sequence[float],
     reply_timeout: float,
 ) -> RunResult:
     clock = MediaClock()
@@ -259,9 +272,10 @@ async def _run_calls(
     start = (time.monotonic(), server.cpu_seconds())
     try:
         tasks = []
-        for index in range(len(scripts)):
+        began = time.monotonic()
+        for index, offset in enumerate(starts):
+            await asyncio.sleep(max(0.0, began + offset - time.monotonic()))
             tasks.append(asyncio.create_task(one(index)))
-            await asyncio.sleep(seconds_between_calls)
         outcomes = list(await asyncio.gather(*tasks))
     finally:
         generator_cpu = _cpu_now() - generator_before
@@ -278,6 +292,7 @@ async def _run_calls(
         outcomes=outcomes,
         cpu_window_s=window[1][0] - window[0][0],
         server_cpu_s=window[1][1] - window[0][1],
+        window=(window[0][0], window[1][0]),
         whole_run_s=finish[0] - start[0],
         generator_cpu_s=generator_cpu,
         generator_tick_lateness_ms=[lateness * 1000 for lateness, _ in tick_log],
@@ -289,11 +304,17 @@ def run_agent_bench(
     calls: int,
     *,
     workdir: Path,
-    seconds_between_calls: float = 0.05,
+    arrivals: Arrivals = "spread",
+    spread_s: float = SPREAD_S,
+    seconds_between_calls: float = LOCKSTEP_GAP_S,
     reply_timeout: float = 10.0,
     use_uvloop: bool = True,
 ) -> RunResult:
     """One server, `calls` concurrent callers; the server is stopped before this returns."""
+    if arrivals == "spread":
+        starts = [index * spread_s / calls for index in range(calls)]
+    else:
+        starts = [index * seconds_between_calls for index in range(calls)]
     slots = booking_slots()
     scripts = [demo_script(index, slots) for index in range(calls)]
     audio = synthesize_scripts([*scripts, WARM_UP])
@@ -306,10 +327,11 @@ def run_agent_bench(
 
             loop_factory = uvloop.new_event_loop
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            result = runner.run(_run_calls(server, scripts, audio, seconds_between_calls, reply_timeout))
+            result = runner.run(_run_calls(server, scripts, audio, starts, reply_timeout))
     finally:
         server.stop()
     result.bookings_made = server.bookings_made()
+    result.arrivals = arrivals
     return result
 
 
@@ -345,7 +367,14 @@ def _spread(values: Sequence[float], *fractions: float) -> dict[str, float | int
 
 def summarise(result: RunResult) -> dict[str, Any]:
     outcomes = result.outcomes
-    turns = [turn for outcome in outcomes for turn in outcome.turns]
+    every_turn = [turn for outcome in outcomes for turn in outcome.turns]
+    # The turns begun while all calls were up; the rest (the ramp up and down of spread arrivals) apart.
+    low, high = result.window
+    if result.arrivals == "lockstep":
+        turns, ramp = every_turn, []
+    else:
+        turns = [t for t in every_turn if low <= t.at <= high]
+        ramp = [t for t in every_turn if not low <= t.at <= high]
     # A premature reply's "latency" is often that of speech already under way when the caller finished
     # (a few ms): it is no reply time, so those turns are counted apart and left out of the percentiles.
     latencies = [t.latency_ms for t in turns if t.latency_ms is not None and not t.premature]
@@ -372,11 +401,17 @@ def summarise(result: RunResult) -> dict[str, Any]:
     latency = _spread(latencies, 0.5, 0.95, 0.99)
     return {
         "calls": result.calls,
+        "arrivals": result.arrivals,
         "dropped_calls": len(dropped),
         "dropped_reasons": reasons,
         "turns": len(turns),
         "turns_per_call": len(SCRIPT_LABELS),
         "turn_latency_ms": latency,
+        "turns_in_ramp": len(ramp),
+        "turn_latency_ramp_ms": _spread(
+            [t.latency_ms for t in ramp if t.latency_ms is not None and not t.premature], 0.5, 0.95, 0.99
+        ),
+        "premature_replies_in_ramp": sum(t.premature for t in ramp),
         "turn_latency_all_turns_ms": _spread(
             [t.latency_ms for t in turns if t.latency_ms is not None], 0.5, 0.95, 0.99
         ),
@@ -403,7 +438,7 @@ def summarise(result: RunResult) -> dict[str, Any]:
         # The callers' own loop held up this long could fake gaps and latency: should stay near 0.
         "generator_stalls_20ms": sum(1 for late in lateness if late >= 20.0),
         "meets_target": latency["p95"] is not None and latency["p95"] <= TARGET_P95_MS,
-        "turn_records": [turn.as_json() for turn in turns],
+        "turn_records": [turn.as_json() for turn in every_turn],
     }
 
 
@@ -422,7 +457,7 @@ def largest_meeting_target(summaries: Sequence[dict[str, Any]]) -> int | None:
 
 def format_table(summaries: Sequence[dict[str, Any]]) -> str:
     header = (
-        f"{'calls':>5} {'drop':>4} {'turns':>5} {'p50':>6} {'p95':>6} {'p99':>6}  "
+        f"{'calls':>5} {'arrivals':>8} {'drop':>4} {'turns':>5} {'p50':>6} {'p95':>6} {'p99':>6}  "
         f"{'barge-in p50/p95/max':>20} {'cpu%/call':>9} {'premature':>9} {'gaps/min':>8}"
     )
     rows = [header]
@@ -436,7 +471,8 @@ def format_table(summaries: Sequence[dict[str, Any]]) -> str:
         cpu = s["server_cpu_percent_per_call"]
         gaps = s["audio_gaps_per_minute"]
         rows.append(
-            f"{s['calls']:>5} {s['dropped_calls']:>4} {s['turns']:>5} {ms(latency['p50']):>6} "
+            f"{s['calls']:>5} {s['arrivals']:>8} {s['dropped_calls']:>4} {s['turns']:>5} "
+            f"{ms(latency['p50']):>6} "
             f"{ms(latency['p95']):>6} {ms(latency['p99']):>6}  {barge_text:>20} "
             f"{'-' if cpu is None else f'{cpu:.1f}':>9} {s['premature_replies']:>9} "
             f"{'-' if gaps is None else f'{gaps:.1f}':>8}"

@@ -263,6 +263,7 @@ class TurnMeasure:
     latency_ms: float | None
     premature: bool
     barge_in_stop_ms: float | None = None
+    at: float = 0.0  # monotonic time the caller started the line
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -391,6 +392,7 @@ async def _converse(
             line.label,
             None if reply is None else round((reply - end) * 1000, 1),
             agent.onset_between(onset, end),
+            at=onset,
         )
         if line.barge_in:
             turn.barge_in_stop_ms = round((agent.speech_until_silence(onset) - onset) * 1000, 1)

@@ -56,10 +56,21 @@ def add_bench_commands(commands: Any) -> None:
         help="concurrent calls; repeat or give a comma list (default 1,10,50,100)",
     )
     agent.add_argument(
+        "--arrivals",
+        choices=("spread", "lockstep"),
+        default="spread",
+        help="spread: call starts evenly over --spread-seconds, figures from the turns while all N are "
+        "up (default); lockstep: starts --seconds-between-calls apart, every caller saying the same line "
+        "at once",
+    )
+    agent.add_argument(
+        "--spread-seconds", type=float, default=20.0, help="spread arrivals over this long (default 20)"
+    )
+    agent.add_argument(
         "--seconds-between-calls",
         type=float,
         default=0.05,
-        help="stagger between call starts, so set-up is not the measurement (default 0.05: 20 per second)",
+        help="lockstep: stagger between call starts (default 0.05: 20 per second)",
     )
     agent.add_argument(
         "--reply-timeout", type=float, default=10.0, help="seconds to wait for each reply (default 10)"
@@ -149,6 +160,8 @@ def _bench_agent(args: argparse.Namespace) -> int:
                 result = run_agent_bench(
                     calls,
                     workdir=workdir,
+                    arrivals=args.arrivals,
+                    spread_s=args.spread_seconds,
                     seconds_between_calls=args.seconds_between_calls,
                     reply_timeout=args.reply_timeout,
                     use_uvloop=args.loop == "uvloop",

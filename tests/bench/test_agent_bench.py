@@ -41,6 +41,8 @@ def report() -> dict[str, Any]:
         str(CALLS),
         "--reply-timeout",
         str(REPLY_TIMEOUT_S),
+        "--arrivals",
+        "lockstep",  # every turn counts (spread arrivals count only turns while all calls are up)
         "--json",
     ]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
@@ -99,3 +101,34 @@ def test_agent_audio_and_server_cpu_were_observed(report: dict[str, Any]) -> Non
     assert run["server_cpu_percent"] == pytest.approx(run["server_cpu_percent_per_call"] * CALLS, abs=0.1)
     assert run["cpu_window_s"] > 1
     assert report["largest_calls_p95_within_500ms"] in (None, CALLS)
+
+
+def test_spread_arrivals_count_only_turns_while_every_call_was_up() -> None:
+    from bench.agent import RunResult, summarise
+    from bench.agent_calls import CallOutcome, TurnMeasure
+
+    def call(index: int, times: list[float]) -> CallOutcome:
+        outcome = CallOutcome(index)
+        for line, at in enumerate(times):
+            outcome.turns.append(
+                TurnMeasure(index, line, SCRIPT_LABELS[line], 100.0 * (line + 1), False, at=at)
+            )
+        return outcome
+
+    result = RunResult(
+        calls=2,
+        outcomes=[call(0, [1.0, 5.0, 12.0]), call(1, [10.0, 14.0, 25.0])],
+        cpu_window_s=10.0,
+        server_cpu_s=1.0,
+        window=(10.0, 20.0),  # call 1 answered at 10 s, call 0 hung up at 20 s
+        whole_run_s=30.0,
+        generator_cpu_s=0.5,
+        generator_tick_lateness_ms=[],
+        load_average_before=0.0,
+    )
+    spread = summarise(result)
+    assert spread["turns"] == 3 and spread["turns_in_ramp"] == 3  # at 12, 10 and 14 s; not 1, 5, 25
+    assert spread["turn_latency_ms"]["n"] == 3 and spread["turn_latency_ms"]["max"] == 300.0
+    assert len(spread["turn_records"]) == 6
+    result.arrivals = "lockstep"
+    assert summarise(result)["turns"] == 6
