@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -164,3 +165,11 @@ def test_a_worker_that_cannot_build_its_engine_fails_the_pool_clearly() -> None:
 
 def _broken(message: str) -> SpeechModel:
     raise SttError(message)
+
+
+def test_speech_workers_yield_the_cores_to_the_server(pool: RecognizerPool) -> None:
+    """Decoding runs below the event loop's priority, so a busy machine delays turns, not call audio."""
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    for worker in pool._workers:
+        assert worker.process.pid is not None
+        assert os.getpriority(os.PRIO_PROCESS, worker.process.pid) == min(19, ours + 5)
