@@ -4,7 +4,8 @@
 code as the benchmark's system under test (loopback sockets read through the shared epoll set, a frame to
 webrtcvad per tick, speech queued and sent), but in lock step, without the event loop's clock: each round
 the driver sends every stream one PCMU packet, the epoll set is read, and every stream ticks once. Only the
-rounds run inside `operator.call`, so
+rounds after the warm-up (jitter buffers priming, the first steady runs starting) run inside
+`operator.call`, so
 
     valgrind --tool=callgrind --collect-atstart=no --toggle-collect=_operator_call \\
         [--cache-sim=yes --LL=1048576,16,64] .venv/bin/python -m bench.media_cost --calls 1000 --rounds 12
@@ -12,6 +13,7 @@ rounds run inside `operator.call`, so
 counts them alone: Ir divided by calls x rounds is the instructions of one call-tick (receive a packet,
 play a frame through VAD, send a packet), and with the cache model the last-level misses of one, which
 with many calls cost more than the instructions. Without valgrind it prints the CPU time per call-tick.
+`--warmup 0` counts the warm-up too (as this tool did before steady runs existed).
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ from telephony.media_io import MediaSockets
 HOST = "127.0.0.1"
 
 
-async def drive(calls: int, rounds: int) -> tuple[int, int, float, float]:
-    """Run `rounds` lock-step rounds over `calls` streams; returns (received, sent, user s, system s)."""
+async def drive(calls: int, rounds: int, warmup: int = 0) -> tuple[int, int, float, float]:
+    """Run `warmup` then `rounds` lock-step rounds over `calls` streams; returns (received, sent, user s,
+    system s) of the rounds after the warm-up."""
     loop = asyncio.get_running_loop()
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
@@ -74,23 +77,30 @@ async def drive(calls: int, rounds: int) -> tuple[int, int, float, float]:
     gc.collect()
     gc.freeze()
     user = system = 0.0
-    for _ in range(rounds):
+    received_before = sent_before = 0
+    for done in range(warmup + rounds):
+        if done == warmup:
+            received_before = sum(stream.stats.packets_received for stream in streams)
+            sent_before = sum(stream.stats.packets_sent for stream in streams)
         for i in range(calls):
             header.pack_into(packets[i], 0, 0x80, 0, seqs[i], seqs[i] * 160 & 0xFFFFFFFF, 0x5EED + i)
             seqs[i] = (seqs[i] + 1) & 0xFFFF
             peer.sendto(packets[i], addresses[i])
-        before = resource.getrusage(resource.RUSAGE_SELF)
-        operator.call(one_round)
-        after = resource.getrusage(resource.RUSAGE_SELF)
-        user += after.ru_utime - before.ru_utime
-        system += after.ru_stime - before.ru_stime
+        if done < warmup:
+            one_round()
+        else:
+            before = resource.getrusage(resource.RUSAGE_SELF)
+            operator.call(one_round)
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            user += after.ru_utime - before.ru_utime
+            system += after.ru_stime - before.ru_stime
         while True:  # what the streams sent: not part of the cost
             try:
                 peer.recv(2048)
             except BlockingIOError:
                 break
-    received = sum(stream.stats.packets_received for stream in streams)
-    sent = sum(stream.stats.packets_sent for stream in streams)
+    received = sum(stream.stats.packets_received for stream in streams) - received_before
+    sent = sum(stream.stats.packets_sent for stream in streams) - sent_before
     for stream in streams:
         stream.close()
     peer.close()
@@ -108,12 +118,13 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--calls", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=50, help="20 ms rounds (two of them prime the buffers)")
+    parser.add_argument("--rounds", type=int, default=50, help="20 ms rounds counted")
+    parser.add_argument("--warmup", type=int, default=5, help="rounds before, not counted (default 5)")
     args = parser.parse_args(argv)
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        received, sent, user, system = runner.run(drive(args.calls, args.rounds))
+        received, sent, user, system = runner.run(drive(args.calls, args.rounds, args.warmup))
     ticks = args.calls * args.rounds
     print(
         f"calls={args.calls} rounds={args.rounds} received={received} sent={sent} "

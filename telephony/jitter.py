@@ -32,6 +32,7 @@ from __future__ import annotations
 import enum
 import sys
 import warnings
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -419,6 +420,114 @@ class JitterBuffer:
             self._calm_ticks = 0
             if self.target > self.policy.min_delay_frames:
                 self.target -= 1
+
+    # --- the steady state, played through by the caller (telephony.media_run) ---------------------------
+    def steady_held(self, sequence_number: int, ssrc: int) -> list[bytes] | None:
+        """The payloads held, in order, if the buffer is steady for `ssrc` with `sequence_number` next.
+
+        Steady: playing whole 20 ms packets, none missing, no stall, re-cut or delay to shed. Then ticks
+        that bring the next packets in order, and leave something to play and no more held than the
+        target (or than now, if more), take the fast paths of push() and pop(), which a caller may do
+        itself for `steady_ticks()` ticks and account afterwards with `account_steady()`. None if the
+        buffer is not steady.
+        """
+        nxt, highest = self._next, self._highest
+        if (
+            self._state is not _PLAYING
+            or self._stall
+            or self._recut
+            or self._drop_budget
+            or self._pending
+            or self._packet_bytes != self.frame_bytes
+            or ssrc != self._ssrc
+            or (highest + 1) & 0xFFFF != sequence_number
+            or highest + 1 - nxt >= self._cap_packets
+            or highest - nxt + 1 != len(self._slots)
+        ):
+            return None
+        held = []
+        for ext in range(nxt, highest + 1):
+            payload = self._slots.get(ext)
+            if payload is None:
+                return None
+            held.append(payload)
+        return held
+
+    def steady_ticks(self) -> int:
+        """How many ticks the steady state may be played through before one needs the buffer's judgement.
+
+        That is the end of a window that may find delay to shed (more is held than the target) or that
+        relaxes the target; ends of windows that only count calm ticks are accounted by account_steady().
+        """
+        held = self._highest - self._next + 1
+        window_end = self._shrink_window - self._window  # the tick that ends the current window
+        if held > self.target:
+            return window_end - 1
+        counted_ends = -(-(self.policy.relax_after - self._calm_ticks) // self._shrink_window) - 1
+        return window_end + max(0, counted_ends) * self._shrink_window - 1
+
+    def account_steady(
+        self,
+        pushed: int,
+        held: Collection[bytes],
+        last_frame: bytes,
+        uneven: Sequence[tuple[int, int, int, int]] = (),
+    ) -> None:
+        """As steady ticks (at most steady_ticks()) that each pushed the next packets in order, then popped
+        a frame, from the steady state: `pushed` packets in all, `held` what is held after them,
+        `last_frame` the last played. Each tick pushed one packet but those in `uneven`, as (tick, what
+        was held after it, packets it pushed, ...): one with none or two changes what the later ones hold.
+        """
+        entry = self._highest - self._next + 1
+        played = entry + pushed - len(held)
+        if played <= 0:
+            return
+        first = self._next
+        nxt = first + played
+        self._next = nxt
+        self._highest += pushed
+        self.delivered += played
+        slots = self._slots
+        slots.clear()
+        for ext, payload in enumerate(held, nxt):
+            slots[ext] = payload
+        self._last_frame = last_frame
+        self._conceal_run = 0
+        # The laps of what was played (see _RING_BITS): the last ring's worth, a slice per lap.
+        ring = self._played
+        ext = max(first, nxt - _RING)
+        while ext < nxt:
+            end = min(nxt, (ext | _RING_MASK) + 1)
+            index = ext & _RING_MASK
+            ring[index : index + end - ext] = [(ext >> _RING_BITS) & 0xFF] * (end - ext)
+            ext = end
+        # What each pop saw held after it, window by window. Windows that ended meanwhile found nothing to
+        # shed (nothing above the target was held) and did not relax the target (steady_ticks).
+        window, shrink = self._window, self._shrink_window
+        min_depth = self._min_depth
+        depth, tick = entry, 0
+        for until, then, _, _ in (*uneven, (played, -1, 0, 0)):
+            while tick < until:  # ticks at `depth`, up to the next uneven one
+                step = min(shrink - window, until - tick)
+                if depth < min_depth:
+                    min_depth = depth
+                window += step
+                tick += step
+                if window >= shrink:
+                    self._calm_ticks += window
+                    window, min_depth = 0, 1 << 30
+            if then < 0:
+                break
+            depth = then
+            if depth < min_depth:
+                min_depth = depth
+            window += 1
+            tick += 1
+            if window >= shrink:
+                self._calm_ticks += window
+                window, min_depth = 0, 1 << 30
+        self._window = window
+        self._min_depth = min_depth
 
     # --- inspection -------------------------------------------------------------------------------------
     @property

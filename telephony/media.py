@@ -8,13 +8,14 @@ the far end's jitter buffer and NAT stay fed, or an RFC 4733 digit. One timer (o
 calls costs a few wake-ups per 20 ms instead of one per call.
 
 The receive path runs per datagram and the send path per tick for every call, a thousand calls on one
-core (bench/media.py), so both are written for it. At that scale the cost is less the Python operations than
-the cache misses on the state of a thousand calls, so each call's state is touched once per tick: a
-datagram is only read on arrival (with `recv`, once latched) and waits in the stream's inbox, and the tick
-takes it through the statistics and jitter buffer just before it plays a frame. The jitter buffer holds
-payloads and the frame is decoded as it is played; speech is encoded when it is queued. A plain PCMU packet
-is unpacked with one struct call and never becomes a dataclass. Counters that the sender keeps already are
-not kept twice, and the stream has slots (more than 30 attributes would make its __dict__ a hash table).
+core (bench/media.py), so both are written for it. Once a stream has latched, the shared epoll reader
+(telephony.media_io) reads each datagram into the stream's inbox with its arrival stamp and nothing else;
+the tick takes it through the statistics and the jitter buffer just before it plays a frame, so each
+call's state is touched once per tick. The jitter buffer holds payloads and the frame is decoded as it is
+played; speech is encoded when it is queued. A plain PCMU packet is unpacked with one struct call and never
+becomes a dataclass, and the stream has slots (more than 30 attributes would make its __dict__ a hash
+table). While a call does nothing but audio in and audio out, its ticks are steady runs
+(telephony.media_run), which do the jitter buffer's, the statistics' and the sender's counting themselves.
 """
 
 from __future__ import annotations
@@ -38,8 +39,11 @@ from typing import Any, cast
 
 from telephony.codecs import G711Codec, codec_for
 from telephony.jitter import Arrival, JitterBuffer, PlayoutPolicy
+from telephony.media_io import FRAME_S as FRAME_S
+from telephony.media_io import SAMPLES_PER_FRAME as SAMPLES_PER_FRAME
 from telephony.media_io import MediaClock as MediaClock
-from telephony.media_io import MediaSockets, MediaSocketTransport, Protocol_
+from telephony.media_io import MediaSockets, MediaSocketTransport, Protocol_, arrival_stamp
+from telephony.media_run import SteadyRun
 from telephony.rtcp import (
     SDES_CNAME,
     Goodbye,
@@ -67,8 +71,6 @@ else:  # pragma: no cover - exercised on 3.13+ only
 log = logging.getLogger(__name__)
 
 FRAME_MS = 20
-FRAME_S = FRAME_MS / 1000
-SAMPLES_PER_FRAME = 160  # 8 kHz * 20 ms
 PCM_FRAME_BYTES = SAMPLES_PER_FRAME * 2
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 DTMF_END_REPEATS = 3  # RFC 4733 section 2.5.1.4: the end packet is sent three times
@@ -77,14 +79,14 @@ RTCP_INTERVAL_TICKS = 250  # 5 s, the RFC 3550 section 6.2 minimum, randomised b
 AudioSink = Callable[[bytes], None]  # receives one 20 ms PCM16 frame
 DtmfSink = Callable[[str], None]
 
-_SEQ_TS_SSRC = struct.Struct("!HII")
+_unpack_seq_ts_ssrc = struct.Struct("!HII").unpack_from
 _monotonic = time.monotonic
+_write = os.write
 # One CNAME per process (RFC 3550 section 6.5.1: it names the endpoint, not the stream).
 _CNAME = f"switchboard-{os.getpid()}-{random.getrandbits(32):08x}@{socket.gethostname()}".encode()[:255]
 
 
 _DUPLICATE, _LATE = Arrival.DUPLICATE, Arrival.LATE
-_INBOX_LIMIT = 128  # 64 datagrams and their arrival times: more means this stream no longer ticks
 
 
 @functools.lru_cache(maxsize=64)
@@ -143,7 +145,7 @@ class _OutgoingEvent:
     end_packets_sent: int = 0
 
 
-class RtpStream(asyncio.DatagramProtocol):
+class RtpStream(SteadyRun, asyncio.DatagramProtocol):
     """Symmetric RTP for one call: G.711 in and out, RFC 4733 digits both ways, RTCP, paced playout."""
 
     # Slots, because with more than 30 attributes an instance's __dict__ is a full hash table (1.5 KB) read
@@ -160,6 +162,7 @@ class RtpStream(asyncio.DatagramProtocol):
         "_drained",
         "_dtmf_queue",
         "_event",
+        "_fd",
         "_inbox",
         "_jitter",
         "_last_event_ts",
@@ -170,6 +173,7 @@ class RtpStream(asyncio.DatagramProtocol):
         "_peer_sends",
         "_playout",
         "_quiet_ticks",
+        "_reading_inbox",
         "_reception",
         "_remote",
         "_remote_report",
@@ -179,8 +183,10 @@ class RtpStream(asyncio.DatagramProtocol):
         "_rtcp_latched",
         "_rtcp_remote",
         "_rtcp_transport",
+        "_rtp_timeout_s",
         "_send_failed",
         "_sender",
+        "_sending",
         "_sendto",
         "_sent_at_report",
         "_silence",
@@ -195,8 +201,6 @@ class RtpStream(asyncio.DatagramProtocol):
         "on_speech_sent",
         "on_timeout",
         "remote_bye",
-        "rtp_timeout_s",
-        "sending",
     )
 
     def __init__(
@@ -228,15 +232,18 @@ class RtpStream(asyncio.DatagramProtocol):
         self._jitter = JitterBuffer(playout, frame_bytes=SAMPLES_PER_FRAME, codec=self._codec)
         self._reception: ReceptionStats | None = None
         self._transport: asyncio.DatagramTransport | None = None
-        # The socket itself on the shared epoll reader (read by _read_latched, sent on by each tick), or
-        # else the transport's sendto. Not bound methods: one object fewer to fetch per packet.
+        # The socket itself on the shared epoll reader (sent on by each tick, written to by its fd once
+        # connected), or else the transport's sendto. Not bound methods: one object fewer per packet.
         self._sock: socket.socket | None = None
+        self._fd = -1
         self._connected = False  # the socket is connected to the remote address (see _latch)
         self._sendto: Callable[[bytes, tuple[str, int]], object] = _not_connected
         self._send_failed: Callable[[OSError], None] = self.error_received
-        # Datagrams read since the last tick, each followed by its arrival time: bytes, float, bytes, ...
-        # (no tuple per packet, which would also bring the garbage collector round more often).
+        # Datagrams read since the last tick, each followed by its arrival stamp: bytes, int, bytes, ...
+        # (no tuple per packet, which would also bring the garbage collector round more often). The epoll
+        # reader appends to this very list once latched, so it is emptied, never replaced.
         self._inbox: list[Any] = []
+        self._reading_inbox = False  # the epoll reader reads the socket into the inbox (see _latch)
         self._rtcp_transport: asyncio.DatagramTransport | None = None
         self._latched = False
         self._rtcp_latched = False
@@ -257,19 +264,44 @@ class RtpStream(asyncio.DatagramProtocol):
         self._remote_report: tuple[int, float] | None = None  # (cumulative lost, jitter ms) about us
         self._round_trip: float | None = None
         self.remote_bye = False  # the far end sent RTCP BYE
-        self.sending = True  # cleared by the UA until the call is answered
+        self._sending = True  # cleared by the UA until the call is answered (see `sending`)
         self._stats = MediaStats()
         self.frames_played = 0  # speech frames actually put on the wire (what the caller can have heard)
         # Called after each speech frame goes out, with the running count: lets a test caller time its own
         # speech to the packet, not to when it queued the audio.
         self.on_speech_sent: Callable[[int], None] | None = None
-        self.rtp_timeout_s: float | None = None  # no RTP for this long while the peer should send ...
-        self.on_timeout: Callable[[], None] | None = None  # ... calls this once (the UA sends BYE)
+        self._rtp_timeout_s: float | None = None  # see `rtp_timeout_s`
+        self.on_timeout: Callable[[], None] | None = None  # called once at the RTP timeout (the UA sends BYE)
+        self._init_run(payload_type)
+
+    @property
+    def sending(self) -> bool:
+        """Whether ticks send (the UA clears it until the call is answered)."""
+        return self._sending
+
+    @sending.setter
+    def sending(self, sending: bool) -> None:
+        if self._run_end:
+            self._end_run()
+        self._sending = sending
+
+    @property
+    def rtp_timeout_s(self) -> float | None:
+        """No RTP for this long while the peer should send calls `on_timeout`, once; None: never."""
+        return self._rtp_timeout_s
+
+    @rtp_timeout_s.setter
+    def rtp_timeout_s(self, seconds: float | None) -> None:
+        if self._run_end:
+            self._end_run()
+        self._rtp_timeout_s = seconds
 
     @property
     def stats(self) -> MediaStats:
         """The counters so far. The per-tick ones are kept by the sender and copied in here when asked:
         every RTP packet built is sent, and every speech frame sent is one played."""
+        if self._run_end:
+            self._end_run()
         stats = self._stats
         stats.packets_sent = self._sender.packets_sent
         stats.speech_frames_sent = self.frames_played
@@ -289,17 +321,21 @@ class RtpStream(asyncio.DatagramProtocol):
     def _unconnect(self) -> None:
         if self._connected:
             self._connected = False
+            self._fd = -1
             if isinstance(self._transport, MediaSocketTransport):
                 with contextlib.suppress(OSError):  # closed meanwhile: nothing left to undo
                     self._transport.disconnect_peer()
 
     def update_remote(self, addr: tuple[str, int]) -> None:
         """A re-INVITE moved the peer's media: send there, and latch again to where it really comes from."""
+        if self._run_end:
+            self._end_run()
         if self._inbox:
             self._take_inbox()  # what came before the move, attributed to the source it came from
         self.remote = addr
-        if self._latched and isinstance(self._transport, MediaSocketTransport):
-            self._transport.set_reader(None)  # source addresses matter again until the next latch
+        if self._reading_inbox and isinstance(self._transport, MediaSocketTransport):
+            self._transport.set_inbox(None)  # source addresses matter again until the next latch
+        self._reading_inbox = False
         self._latched = False
         self._rtcp_latched = False
         self._quiet_ticks = 0
@@ -308,6 +344,8 @@ class RtpStream(asyncio.DatagramProtocol):
         """Our direction after offer/answer (RFC 3264 section 6.1); on hold we stop sending, not ticking."""
         if direction not in DIRECTIONS:
             raise ValueError(f"not an SDP direction: {direction!r}")
+        if self._run_end:
+            self._end_run()
         self.direction = direction
         self._direction_sends = direction in ("sendrecv", "sendonly")
         self._peer_sends = direction in ("sendrecv", "recvonly")
@@ -326,9 +364,13 @@ class RtpStream(asyncio.DatagramProtocol):
         self._clock.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._run_end:
+            self._end_run()
         self._clock.discard(self)
         self._transport = None
         self._sock = None
+        self._connected = False
+        self._fd = -1
         self._sendto = _not_connected
         if self._rtcp_transport is not None:
             self._rtcp_transport.close()
@@ -343,16 +385,17 @@ class RtpStream(asyncio.DatagramProtocol):
         log.debug("RTP socket error: %s", exc)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self._packet_received(data, addr, _monotonic())
+        self._packet_received(data, addr, arrival_stamp())
 
-    def _packet_received(self, data: bytes, addr: tuple[str, int], arrival: float) -> None:
+    def _packet_received(self, data: bytes, addr: tuple[str, int], arrival: int) -> None:
+        """One datagram, arrived at `arrival` (an arrival stamp: telephony.media_io.ARRIVAL_RATE)."""
         if len(data) >= 12 and data[0] == 0x80:
             # The usual packet: version 2, no padding, extension or CSRC.
             second = data[1]
             if 192 <= second <= 223:  # RFC 5761 rtcp-mux: SR/RR/SDES/BYE on the RTP port
                 self.rtcp_received(data, addr)
                 return
-            seq, timestamp, ssrc = _SEQ_TS_SSRC.unpack_from(data, 2)
+            seq, timestamp, ssrc = _unpack_seq_ts_ssrc(data, 2)
             payload_type, marker, payload = second & 0x7F, second > 0x7F, data[12:]
         elif is_rtcp(data):
             self.rtcp_received(data, addr)
@@ -388,11 +431,11 @@ class RtpStream(asyncio.DatagramProtocol):
     def _latch(self, addr: tuple[str, int]) -> None:
         """Symmetric RTP (RFC 4961): answer where the media really comes from, which is what crosses NAT.
 
-        On the shared epoll reader the stream then reads its socket itself, without source addresses
-        (`_read_latched`). When the media comes from exactly where the SDP said, the socket is also
-        connected there: the kernel then routes each packet without a lookup and drops datagrams from
-        anywhere else, which are not this call's media. Media from elsewhere (NAT) leaves the socket
-        unconnected: a stray packet that happened to come first must not shut the real media out.
+        On the shared epoll reader the socket is then read into the stream's inbox, without source
+        addresses. When the media comes from exactly where the SDP said, the socket is also connected
+        there: the kernel then routes each packet without a lookup and drops datagrams from anywhere
+        else, which are not this call's media. Media from elsewhere (NAT) leaves the socket unconnected:
+        a stray packet that happened to come first must not shut the real media out.
         """
         self._latched = True
         where_the_sdp_said = addr == self._remote
@@ -407,61 +450,49 @@ class RtpStream(asyncio.DatagramProtocol):
             try:
                 transport.connect_peer(addr)
                 self._connected = True
+                self._fd = transport.fd
             except OSError as exc:
                 log.debug("RTP socket not connected to %s: %s", addr, exc)
-        transport.set_reader(self._read_latched)
+        # Each datagram now only goes into the inbox with its arrival stamp: the next tick takes it through
+        # the statistics and the jitter buffer (`_take_inbox`) just before it pops a frame, so the call's
+        # state is touched once per tick, not once on arrival and again, out of the CPU caches by then,
+        # on the tick. The buffer sees the same pushes and pops in the same order as on arrival: nothing
+        # else happens to it between two ticks.
+        transport.set_inbox(self._inbox, self._inbox_full)
+        self._reading_inbox = True
 
-    def _read_latched(self, now: float) -> bool:
-        """Read one datagram once latched: the shared epoll reader's callback for this socket.
-
-        The source address no longer matters, so `recv` replaces `recvfrom` (no address string and tuple
-        per packet), and the datagram only goes into the inbox with its arrival time (when the epoll set
-        was found ready): the next tick takes it through the statistics and the jitter buffer
-        (`_take_inbox`) just before it pops a frame, so the call's state is touched once per tick, not
-        once on arrival and again, out of the CPU caches by then, on the tick. The buffer sees the same
-        pushes and pops in the same order as on arrival: nothing else happens to it between two ticks.
-        """
-        sock = self._sock
-        if sock is None:
-            return False
-        try:
-            data = sock.recv(2048)
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError as exc:
-            self.error_received(exc)
-            return False
-        inbox = self._inbox
-        inbox.append(data)
-        inbox.append(now)
-        if len(inbox) > _INBOX_LIMIT:  # the clock has stopped ticking this stream: do not hoard
-            self._take_inbox()
-        return True
+    def _inbox_full(self) -> None:
+        # The clock no longer ticks this stream (its tick failed): work through what was read now.
+        if self._run_end:
+            self._end_run()
+        self._take_inbox()
 
     def _take_inbox(self) -> None:
-        """Account and buffer what `_read_latched` queued, in arrival order."""
+        """Account and buffer what the epoll reader queued, in arrival order."""
         inbox = self._inbox
-        self._inbox = []  # what a callback below may cause to be read goes to the next round
+        # A copy, emptied first: a callback below (a digit, say) may look at the stream or have the socket
+        # read again, and what that adds belongs to the next round.
+        items = inbox.copy()
+        inbox.clear()
         pt = self._payload_type
         stats = self._stats
         jitter = self._jitter
-        items = iter(inbox)
-        for data in items:
-            arrival = next(items)
+        for i in range(0, len(items), 2):
+            data = items[i]
             if len(data) <= 12 or data[0] != 0x80 or data[1] != pt:
                 # Anything but our plain audio, attributed to the latched source: with rtcp-mux, RTCP
                 # comes from the peer's RTP address, which is where we latched.
-                self._packet_received(data, self._remote, arrival)
+                self._packet_received(data, self._remote, items[i + 1])
                 continue
             # _packet_received for our payload type without marker, CSRC, extension or padding: inline,
             # as this runs for every packet of every call.
-            seq, timestamp, ssrc = _SEQ_TS_SSRC.unpack_from(data, 2)
+            seq, timestamp, ssrc = _unpack_seq_ts_ssrc(data, 2)
             stats.packets_received += 1
             self._quiet_ticks = 0
             reception = self._reception
             if reception is None or reception.ssrc != ssrc:
                 reception = self._reception = ReceptionStats(ssrc, seq)
-            reception.update(seq, timestamp, arrival)
+            reception.update(seq, timestamp, items[i + 1])
             result = jitter.push(seq, ssrc, False, data[12:])
             if result is _DUPLICATE or result is _LATE:
                 stats.packets_ignored += 1
@@ -511,6 +542,8 @@ class RtpStream(asyncio.DatagramProtocol):
                 self.remote_bye = True
 
     def _rtcp_compound(self, bye: bool = False) -> bytes:
+        if self._run_end:
+            self._end_run()
         now = _monotonic()
         reports = () if self._reception is None else (self._reception.report_block(now),)
         first: RtcpPacket
@@ -586,9 +619,13 @@ class RtpStream(asyncio.DatagramProtocol):
         if not 40 <= duration_ms <= 8000:  # the duration field holds at most 65535 samples
             raise ValueError(f"DTMF duration {duration_ms} ms outside 40-8000 ms")
         event = TelephoneEvent.for_digit(digit).event
+        if self._run_end:
+            self._end_run()  # the next tick sends the digit
         self._dtmf_queue.append((event, duration_ms * 8))
 
-    def on_tick(self, frames: int = 1) -> None:
+    def _tick(self, frames: int) -> None:
+        """The general tick: what came in through the jitter buffer, a frame out to the agent, a packet
+        out; then a steady run starts if everything is steady (telephony.media_run)."""
         if self._inbox:
             self._take_inbox()
         if frames > 1:
@@ -596,9 +633,9 @@ class RtpStream(asyncio.DatagramProtocol):
         frame = self._jitter.pop()
         if frame is not None:
             self._on_audio(self._decode(frame, 2))
-        if self.rtp_timeout_s is not None and self._peer_sends and self.sending:
+        if self._rtp_timeout_s is not None and self._peer_sends and self._sending:
             self._quiet_ticks += frames
-            if not self._timeout_fired and self._quiet_ticks * FRAME_S >= self.rtp_timeout_s:
+            if not self._timeout_fired and self._quiet_ticks * FRAME_S >= self._rtp_timeout_s:
                 self._timeout_fired = True
                 if self.on_timeout is not None:
                     self.on_timeout()
@@ -608,7 +645,7 @@ class RtpStream(asyncio.DatagramProtocol):
         if self._rtcp_countdown <= 0:
             self._rtcp_countdown = random.randint(RTCP_INTERVAL_TICKS // 2, RTCP_INTERVAL_TICKS * 3 // 2)
             self._send_rtcp()
-        if not (self.sending and self._direction_sends):
+        if not (self._sending and self._direction_sends):
             # RFC 3550 section 5.1: the timestamp keeps following real time while we are silent (hold), so
             # the far end can place the next packet; its marker bit says a new talkspurt starts.
             self._sender.skip(SAMPLES_PER_FRAME * frames)
@@ -631,16 +668,18 @@ class RtpStream(asyncio.DatagramProtocol):
             self._resume_marker = False
             self._talkspurt_start = True
             data = self._sender.packet_bytes(self._silence, SAMPLES_PER_FRAME, marker)
-        sock = self._sock
         try:
-            if sock is None:
-                self._sendto(data, self._remote)
-            elif self._connected:
-                sock.send(data)
-            else:
+            if self._connected:
+                _write(self._fd, data)  # cheaper than the socket's send, to the same connected socket
+            elif (sock := self._sock) is not None:
                 sock.sendto(data, self._remote)
+            else:
+                self._sendto(data, self._remote)
         except OSError as exc:
             self._send_failed(exc)
+        if frames == 1 and self._reading_inbox and not self._inbox:
+            # Not after a late tick: the clock is likely late again next time, and a run would only end.
+            self._start_run()
 
     def _catch_up(self, frames: int) -> None:
         # The clock was late: what arrived meanwhile goes to the agent now instead of being trimmed later
@@ -685,6 +724,8 @@ class RtpStream(asyncio.DatagramProtocol):
         return data
 
     def report(self) -> MediaReport:
+        if self._run_end:
+            self._end_run()
         if self._inbox:
             self._take_inbox()
         reception = self._reception
@@ -712,6 +753,8 @@ class RtpStream(asyncio.DatagramProtocol):
         if self._closing:
             return
         self._closing = True
+        if self._run_end:
+            self._end_run()
         if self._stats.packets_received or self._sender.packets_sent:
             log.info("media closed: %s", self.report())
         if self._transport is not None:
@@ -720,6 +763,8 @@ class RtpStream(asyncio.DatagramProtocol):
             # No tick between now and connection_lost (called soon) may send on the closed socket.
             self._clock.discard(self)
             self._sock = None
+            self._connected = False
+            self._fd = -1
             self._sendto = _not_connected
             self._transport.close()
         elif self._rtcp_transport is not None:

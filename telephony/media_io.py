@@ -21,10 +21,23 @@ log = logging.getLogger(__name__)
 
 Protocol_ = TypeVar("Protocol_", bound=asyncio.DatagramProtocol)
 # Reads one datagram from its socket and handles it; False if there was none. The argument is when the
-# readiness was seen (one clock reading for all the sockets of a wake-up): the datagram's arrival time.
-Reader = Callable[[float], bool]
+# readiness was seen (one clock reading for all the sockets of a wake-up): the datagram's arrival stamp.
+Reader = Callable[[int], bool]
 FRAME_S = 0.020
+SAMPLES_PER_FRAME = 160  # 8 kHz * 20 ms
+# Arrival stamps are monotonic time in units of 1/8000 s, the RTP clock of every payload we carry (G.711,
+# RFC 4733 events): RFC 3550 A.8 wants arrivals in timestamp units, and this converts once per wake-up of
+# the reader instead of once per packet.
+ARRIVAL_RATE = 8000
+_READ_SIZE = 2048  # larger than any RTP packet we accept (a 200 ms G.711 packet is 1,612 bytes)
+_INBOX_LIMIT = 128  # 64 datagrams and their arrival stamps: more means the stream no longer ticks
 _monotonic = time.monotonic
+_read = os.read
+
+
+def arrival_stamp() -> int:
+    """Now, as an arrival stamp (see ARRIVAL_RATE)."""
+    return int(_monotonic() * ARRIVAL_RATE)
 
 
 class Ticking(Protocol):
@@ -139,17 +152,22 @@ class MediaSockets:
     readiness callback reads one datagram from each ready socket (bench/media.py). Reading one datagram per
     socket per wake-up keeps it fair between calls; the level-triggered set stays readable while any
     socket still holds data, so the loop calls back at once. (Draining each socket until EAGAIN would cost
-    a failed recv and an exception per socket per wake-up, for sockets that hold one packet per 20 ms.)
+    a failed read and an exception per socket per wake-up, for sockets that hold one packet per 20 ms.)
 
-    Each socket has a `Reader`: a callable that reads one datagram from it and handles it, returning whether
-    there was one. By default that is `recvfrom` and the protocol's `datagram_received`; a stream that
-    knows where its packets come from installs its own (`MediaSocketTransport.set_reader`).
+    A socket is read in one of two ways. By default through its `Reader`: a callable that reads one
+    datagram and handles it, returning whether there was one (`recvfrom` and the protocol's
+    `datagram_received`, or what `MediaSocketTransport.set_reader` installs). Or, once its stream knows
+    where its packets come from, into an inbox (`MediaSocketTransport.set_inbox`): a list that gets each
+    datagram followed by its arrival stamp, read here with `os.read` without a Python call per packet, and
+    worked through by the stream on its next media-clock tick.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._epoll = select.epoll()
         self._readers: dict[int, Reader] = {}
+        self._inboxes: dict[int, list[Any]] = {}
+        self._transports: dict[int, MediaSocketTransport] = {}
         loop.add_reader(self._epoll.fileno(), self.read_ready)
 
     def bind(
@@ -166,15 +184,25 @@ class MediaSockets:
         protocol = factory()
         return MediaSocketTransport(sock, protocol, self), protocol
 
-    def add(self, fd: int, reader: Reader) -> None:
+    def add(self, transport: MediaSocketTransport, reader: Reader) -> None:
+        fd = transport.fd
         self._readers[fd] = reader
+        self._transports[fd] = transport
         self._epoll.register(fd, select.EPOLLIN)
 
     def set_reader(self, fd: int, reader: Reader) -> None:
         if fd in self._readers:
             self._readers[fd] = reader
 
+    def set_inbox(self, fd: int, inbox: list[Any] | None) -> None:
+        if inbox is None:
+            self._inboxes.pop(fd, None)
+        elif fd in self._readers:
+            self._inboxes[fd] = inbox
+
     def remove(self, fd: int) -> None:
+        self._inboxes.pop(fd, None)
+        self._transports.pop(fd, None)
         if self._readers.pop(fd, None) is not None:
             self._epoll.unregister(fd)
         if not self._readers:
@@ -193,16 +221,36 @@ class MediaSockets:
 
     def read_ready(self) -> None:
         """Read one datagram from each socket that has one: the event loop's callback for the set."""
-        readers = self._readers
-        now = _monotonic()
+        arrival = int(_monotonic() * ARRIVAL_RATE)
+        inboxes = self._inboxes
+        read = _read
         for fd, _ in self._epoll.poll(0):
-            reader = readers.get(fd)
-            if reader is None:
+            inbox = inboxes.get(fd)
+            if inbox is None:
+                self._read_other(fd, arrival)
                 continue
+            # A latched RTP socket, once per packet of every call: no Python call but the read itself.
             try:
-                reader(now)
-            except Exception:  # one call's bug must not stop media for the others
-                log.exception("RTP receive failed on fd %d", fd)
+                data = read(fd, _READ_SIZE)
+            except OSError as exc:
+                self._transports[fd].read_failed(exc)
+                continue
+            inbox.append(data)
+            inbox.append(arrival)
+            if len(inbox) > _INBOX_LIMIT:
+                self._guarded(self._transports[fd].inbox_full, fd)
+
+    def _read_other(self, fd: int, arrival: int) -> None:
+        reader = self._readers.get(fd)
+        if reader is not None:
+            self._guarded(functools.partial(reader, arrival), fd)
+
+    @staticmethod
+    def _guarded(call: Callable[[], object], fd: int) -> None:
+        try:
+            call()
+        except Exception:  # one call's bug must not stop media for the others
+            log.exception("RTP receive failed on fd %d", fd)
 
 
 @functools.cache
@@ -225,8 +273,8 @@ class MediaSocketTransport(asyncio.DatagramTransport):
     """A datagram transport over a socket read by `MediaSockets` (same interface as asyncio's).
 
     Besides the asyncio interface it lets a stream use the socket itself on its per-packet paths, without
-    a Python frame of the transport's: `set_reader` to read it, and `send_failed` for what the socket's own
-    `sendto` raises.
+    a Python frame of the transport's: `set_inbox` (or `set_reader`) to read it, `fd` to write to it once
+    connected, and `send_failed` for what a write raises.
     """
 
     def __init__(
@@ -234,14 +282,16 @@ class MediaSocketTransport(asyncio.DatagramTransport):
     ) -> None:
         super().__init__({"socket": sock, "sockname": sock.getsockname()})
         self._sock = sock
-        self._fd = sock.fileno()
+        self.fd = sock.fileno()
         self._protocol = protocol
         self._sockets = sockets
         self._closing = False
         self._recvfrom = sock.recvfrom
         self._reader: Reader = self._read_one
+        self._inbox: list[Any] | None = None
+        self._on_inbox_full: Callable[[], None] | None = None
         self.send_dropped = 0  # full socket buffer: RTP is late anyway, so the packet is dropped
-        sockets.add(self._fd, self._read_one)
+        sockets.add(self, self._read_one)
         protocol.connection_made(self)
 
     def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None:
@@ -259,8 +309,13 @@ class MediaSocketTransport(asyncio.DatagramTransport):
         elif not self._closing:
             self._protocol.error_received(exc)
 
+    def read_failed(self, exc: OSError) -> None:
+        """What reading into the inbox raised: nothing there after all, or an error for the protocol."""
+        if not isinstance(exc, BlockingIOError | InterruptedError) and not self._closing:
+            self._protocol.error_received(exc)
+
     def connect_peer(self, addr: Any) -> None:
-        """Take datagrams from `addr` only, and send there with the socket's `send` (no address).
+        """Take datagrams from `addr` only, and send there with `os.write(fd, ...)` (no address).
 
         A connected UDP socket spares the kernel a route lookup per packet and Python the parsing of the
         address: `send` costs about 2.8 us where `sendto` costs 3.3 on the bench machine.
@@ -270,21 +325,33 @@ class MediaSocketTransport(asyncio.DatagramTransport):
     def disconnect_peer(self) -> None:
         """Take datagrams from anywhere again."""
         if not self._closing:
-            _dissolve_association(self._fd)
+            _dissolve_association(self.fd)
 
     def set_reader(self, reader: Reader | None) -> None:
-        """Read the socket with `reader` (one datagram per call; False when there was none), or by default.
-
-        A latched RTP stream no longer needs the source address of each packet: it reads with `recv`,
-        which spares formatting an address string and a tuple per packet.
-        """
+        """Read the socket with `reader` (one datagram per call; False when there was none), or by default."""
         self._reader = self._read_one if reader is None else reader
         if not self._closing:
-            self._sockets.set_reader(self._fd, self._reader)
+            self._sockets.set_reader(self.fd, self._reader)
 
-    def _read_one(self, now: float) -> bool:
+    def set_inbox(self, inbox: list[Any] | None, on_full: Callable[[], None] | None = None) -> None:
+        """Read the socket into `inbox` (each datagram, then its arrival stamp), or again by the reader.
+
+        A latched RTP stream no longer needs the source address of each packet, nor to see it before its
+        next tick. `on_full` is called when the inbox holds more than 64 datagrams: its stream is no
+        longer ticking and should work through it now.
+        """
+        self._inbox = inbox
+        self._on_inbox_full = on_full
+        if not self._closing:
+            self._sockets.set_inbox(self.fd, inbox)
+
+    def inbox_full(self) -> None:
+        if self._on_inbox_full is not None:
+            self._on_inbox_full()
+
+    def _read_one(self, arrival: int) -> bool:
         try:
-            data, addr = self._recvfrom(2048)
+            data, addr = self._recvfrom(_READ_SIZE)
         except (BlockingIOError, InterruptedError):
             return False
         except OSError as exc:
@@ -295,10 +362,22 @@ class MediaSocketTransport(asyncio.DatagramTransport):
 
     def read_pending(self, limit: int = 64) -> None:
         """Deliver what is queued on the socket now, instead of at the loop's next I/O poll."""
-        now = _monotonic()
+        arrival = int(_monotonic() * ARRIVAL_RATE)
+        inbox = self._inbox
         for _ in range(limit):
-            if self._closing or not self._reader(now):
+            if self._closing:
                 return
+            if inbox is None:
+                if not self._reader(arrival):
+                    return
+                continue
+            try:
+                data = _read(self.fd, _READ_SIZE)
+            except OSError as exc:
+                self.read_failed(exc)
+                return
+            inbox.append(data)
+            inbox.append(arrival)
 
     def is_closing(self) -> bool:
         return self._closing
@@ -307,7 +386,8 @@ class MediaSocketTransport(asyncio.DatagramTransport):
         if self._closing:
             return
         self._closing = True
-        self._sockets.remove(self._fd)
+        self._sockets.remove(self.fd)
+        self._inbox = None
         self._sock.close()
         loop = self._sockets.loop
         if loop.is_closed():

@@ -272,10 +272,19 @@ MAX_MISORDER = 100
 MIN_SEQUENTIAL = 2
 
 
+def _wrapped_transit_delta(delta: int) -> int:
+    """|D(i-1, i)| of A.8: the transit difference taken modulo 2^32, as a signed 32-bit number."""
+    d = delta & 0xFFFF_FFFF
+    if d & 0x8000_0000:
+        d = (1 << 32) - d
+    return d
+
+
 class ReceptionStats:
     """Sequence validation, loss and interarrival jitter for one remote source, as in RFC 3550 A.1/A.3/A.8.
 
-    Arrival times are given in seconds (any monotonic origin) and converted to the payload's clock rate.
+    Packet arrival times are given in RTP timestamp units (the payload's clock rate, any origin); the
+    arrival of a sender report, for DLSR, in seconds.
     """
 
     __slots__ = (
@@ -316,26 +325,31 @@ class ReceptionStats:
         self.received_prior = 0
         self.expected_prior = 0
 
-    def update(self, seq: int, timestamp: int, arrival: float, *, timed: bool = True) -> bool:
+    def update(self, seq: int, timestamp: int, arrival: int, *, timed: bool = True) -> bool:
         """Account one packet; False if A.1 does not count it (probation, or a wild jump being confirmed).
 
-        `timed` is False for packets whose RTP timestamp does not follow the sampling clock (RFC 4733 events
-        keep the event's start timestamp), which would otherwise inflate the jitter.
+        `arrival` is the arrival time in RTP timestamp units, any origin (A.8: "in the same units" as the
+        timestamp). `timed` is False for packets whose RTP timestamp does not follow the sampling clock
+        (RFC 4733 events keep the event's start timestamp), which would otherwise inflate the jitter.
         """
-        if seq == (self.max_seq + 1) & 0xFFFF and not self.probation:
-            # The next packet in order, nearly every time: the same result as below, with less work.
-            if seq == 0:
-                self.cycles += RTP_SEQ_MOD
+        if seq - self.max_seq == 1 and not self.probation:
+            # The next packet in order, nearly every time: the same result as below, with less work. (The
+            # wrap from 65535 to 0 takes the general path, which counts the cycle.)
             self.max_seq = seq
             self.received += 1
             if timed:
-                transit = (int(arrival * self.clock_rate) - timestamp) & 0xFFFF_FFFF
+                # A.8 with the transit kept unreduced: the difference of two transits is congruent to the
+                # RFC's modulo 2^32, and a small one is the same number without two 32-bit masks.
+                transit = arrival - timestamp
                 previous = self._transit
                 if previous is not None:
-                    d = (transit - previous) & 0xFFFF_FFFF
-                    if d & 0x8000_0000:
-                        d = (1 << 32) - d
-                    self._jitter_q4 += d - ((self._jitter_q4 + 8) >> 4)
+                    d = transit - previous
+                    if d < 0:
+                        d = -d
+                    if d >= 0x8000_0000:  # the timestamp wrapped: reduce as the RFC does
+                        d = _wrapped_transit_delta(transit - previous)
+                    jitter_q4 = self._jitter_q4
+                    self._jitter_q4 = jitter_q4 + d - ((jitter_q4 + 8) >> 4)
                 self._transit = transit
             return True
         udelta = (seq - self.max_seq) & 0xFFFF
@@ -369,14 +383,34 @@ class ReceptionStats:
         self._update_jitter(timestamp, arrival, timed)
         return True
 
-    def _update_jitter(self, timestamp: int, arrival: float, timed: bool) -> None:
+    def in_order_state(self) -> tuple[int, int, int] | None:
+        """(sequence number expected next, transit, jitter * 16), when the next packet in order would take
+        update()'s fast path and carry on an estimate; None otherwise (probation, no transit yet, or the
+        sequence number is about to wrap, which the general path counts).
+
+        With `account_in_order`, this lets a caller that checks each packet against the expected number
+        itself run A.8 on its own for a stretch of in-order packets and count them in one go (the steady
+        run of telephony.media).
+        """
+        if self.probation or self._transit is None or self.max_seq == 0xFFFF:
+            return None
+        return self.max_seq + 1, self._transit, self._jitter_q4
+
+    def account_in_order(self, count: int, transit: int, jitter_q4: int) -> None:
+        """As `count` calls of update() with timed packets that followed max_seq in order without a wrap,
+        after which A.8 stood at `transit` and `jitter_q4` (see in_order_state)."""
+        if count > 0:
+            self.max_seq += count
+            self.received += count
+            self._transit = transit
+            self._jitter_q4 = jitter_q4
+
+    def _update_jitter(self, timestamp: int, arrival: int, timed: bool) -> None:
         if not timed:
             return
-        transit = (int(arrival * self.clock_rate) - timestamp) & 0xFFFF_FFFF
+        transit = arrival - timestamp
         if self._transit is not None:
-            d = (transit - self._transit) & 0xFFFF_FFFF
-            if d & 0x8000_0000:
-                d = (1 << 32) - d
+            d = _wrapped_transit_delta(transit - self._transit)
             self._jitter_q4 += d - ((self._jitter_q4 + 8) >> 4)
         self._transit = transit
 

@@ -227,6 +227,19 @@ class RtpSender:
         self.octets_sent += len(payload)
         return data
 
+    def room(self, samples: int) -> int:
+        """How many more packets of `samples` each go out before the sequence number or the timestamp
+        wraps: a caller stamping a stretch of packets itself (see `account`) needs no modulo until then."""
+        return min(0xFFFF - self.sequence_number, (0xFFFF_FFFF - self.timestamp) // samples)
+
+    def account(self, packets: int, samples: int, payload_bytes: int) -> None:
+        """As `packets` calls of packet_bytes() with `samples` and payloads of `payload_bytes` each, for a
+        caller that stamped them itself: sequence number and timestamp from here on, within `room()`."""
+        self.sequence_number += packets
+        self.timestamp += packets * samples
+        self.packets_sent += packets
+        self.octets_sent += packets * payload_bytes
+
     def skip(self, samples: int) -> None:
         """Account for time in which nothing was sent (silence suppression): the timestamp still advances."""
         self.timestamp = (self.timestamp + samples) & 0xFFFFFFFF

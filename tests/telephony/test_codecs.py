@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import random
+import sys
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -16,6 +18,13 @@ from telephony.codecs import (
     pcm16_to_ulaw,
     ulaw_to_pcm16,
 )
+
+if sys.version_info < (3, 13):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import audioop
+else:  # pragma: no cover - exercised on 3.13+ only
+    import audioop
 
 
 def sine(frequency: float, rate: int, seconds: float, amplitude: float) -> np.ndarray:
@@ -67,6 +76,13 @@ def test_decode_then_encode_is_identity_on_every_code() -> None:
     assert pcm16_to_alaw(alaw_to_pcm16(codes)) == codes
     # mu-law has two zeros (0x7F is "negative zero"); everything else maps back to itself.
     assert pcm16_to_ulaw(ulaw_to_pcm16(codes)) == codes.replace(b"\x7f", b"\xff")
+
+
+def test_long_chunks_encode_as_audioop_does() -> None:
+    # From 1,024 samples on, the encoders use a lookup table instead of audioop: every sample value once.
+    every_sample = np.arange(-32768, 32768, dtype="<i2").tobytes()
+    assert pcm16_to_ulaw(every_sample) == audioop.lin2ulaw(every_sample, 2)
+    assert pcm16_to_alaw(every_sample) == audioop.lin2alaw(every_sample, 2)
 
 
 def test_odd_length_pcm_drops_the_dangling_byte() -> None:

@@ -137,13 +137,13 @@ def test_serialiser_rejects_out_of_range() -> None:
 
 def feed(stats: ReceptionStats, seqs: list[int], start: int = 0) -> None:
     for i, seq in enumerate(seqs, start):
-        stats.update(seq & 0xFFFF, 160 * i, i * 0.02)
+        stats.update(seq & 0xFFFF, 160 * i, 160 * i)  # arrival in timestamp units: 20 ms apart
 
 
 def test_probation_then_in_order_packets_lose_nothing() -> None:
     stats = ReceptionStats(0x55, 100)
-    assert not stats.update(100, 0, 0.0)  # A.1: a new source is on probation for its first packet
-    assert stats.update(101, 160, 0.02)
+    assert not stats.update(100, 0, 0)  # A.1: a new source is on probation for its first packet
+    assert stats.update(101, 160, 160)
     feed(stats, list(range(102, 200)), start=2)
     assert (stats.expected, stats.received, stats.lost) == (99, 99, 0)
     assert stats.report_block(4.0).fraction_lost == 0
@@ -182,8 +182,8 @@ def test_duplicates_make_loss_negative() -> None:
 def test_sequence_restart_needs_two_sequential_packets() -> None:
     stats = ReceptionStats(1, 10)
     feed(stats, list(range(10, 20)))
-    assert not stats.update(40000, 0, 1.0)
-    assert stats.update(40001, 160, 1.02)
+    assert not stats.update(40000, 0, 8000)
+    assert stats.update(40001, 160, 8160)
     assert stats.base_seq == 40001 and stats.received == 1
 
 
@@ -196,7 +196,7 @@ def test_jitter_matches_the_rfc_estimator() -> None:
     delays[120] = 0.050
     for i, delay in enumerate(delays):
         arrival = 10.0 + i * 0.02 + delay
-        counted = stats.update(i, 160 * i, arrival)
+        counted = stats.update(i, 160 * i, int(arrival * 8000))
         transit = arrival * 8000 - 160 * i
         if counted and i >= 2:  # the stats count from the second packet (probation) on
             if previous_transit is not None:
@@ -212,10 +212,10 @@ def test_jitter_matches_the_rfc_estimator() -> None:
 def test_constant_delay_has_no_jitter_and_events_do_not_count() -> None:
     stats = ReceptionStats(1, 0)
     for i in range(50):
-        stats.update(i, 160 * i, 3.0 + i * 0.02)
+        stats.update(i, 160 * i, 24_000 + 160 * i)
     # Telephone-event packets keep their start timestamp: they must not look like jitter.
     for i in range(50, 60):
-        stats.update(i, 160 * 50, 3.0 + i * 0.02, timed=False)
+        stats.update(i, 160 * 50, 24_000 + 160 * i, timed=False)
     assert stats.jitter == 0
 
 
@@ -232,3 +232,92 @@ def test_lsr_dlsr_and_round_trip() -> None:
     rtt = round_trip_seconds(block, ntp_timestamp(sent_at + 1.75))
     assert rtt == pytest.approx(0.25, abs=1 / 65536)
     assert round_trip_seconds(ReportBlock(1, 0, 0, 0, 0, 0, 0), ntp_timestamp(sent_at)) is None
+
+
+class _Rfc3550Reference:
+    """RFC 3550 A.1 (update_seq) and A.8 (the integer jitter) transcribed, with C's 32-bit int arithmetic."""
+
+    def __init__(self, seq: int) -> None:
+        self._init_seq(seq)
+        self.max_seq = (seq - 1) & 0xFFFF
+        self.probation = 2
+        self.transit: int | None = None
+        self.jitter = 0  # scaled by 16, A.8's integer form
+
+    def _init_seq(self, seq: int) -> None:
+        self.base_seq, self.max_seq, self.bad_seq = seq, seq, (1 << 16) + 1
+        self.cycles = self.received = 0
+
+    def update_seq(self, seq: int) -> bool:
+        udelta = (seq - self.max_seq) & 0xFFFF
+        if self.probation:
+            if seq == (self.max_seq + 1) & 0xFFFF:
+                self.probation -= 1
+                self.max_seq = seq
+                if self.probation == 0:
+                    self._init_seq(seq)
+                    self.received += 1
+                    return True
+            else:
+                self.probation = 1
+                self.max_seq = seq
+            return False
+        if udelta < 3000:
+            if seq < self.max_seq:
+                self.cycles += 1 << 16
+            self.max_seq = seq
+        elif udelta <= (1 << 16) - 100:
+            if seq == self.bad_seq:
+                self._init_seq(seq)
+                self.transit = None  # a new source in effect: no transit to compare with
+            else:
+                self.bad_seq = (seq + 1) & 0xFFFF
+                return False
+        self.received += 1
+        return True
+
+    def update(self, seq: int, timestamp: int, arrival: int) -> bool:
+        counted = self.update_seq(seq)
+        if counted:
+            transit = _int32(arrival - timestamp)
+            if self.transit is not None:
+                d = abs(_int32(transit - self.transit))
+                self.jitter += d - ((self.jitter + 8) >> 4)
+            self.transit = transit
+        return counted
+
+
+def _int32(value: int) -> int:
+    return (value + (1 << 31) & 0xFFFF_FFFF) - (1 << 31)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    # Often close to a wrap of the sequence number and of the timestamp.
+    first_seq=st.one_of(st.integers(0, 0xFFFF), st.integers(0xFFFF - 20, 0xFFFF)),
+    first_ts=st.one_of(st.integers(0, 0xFFFF_FFFF), st.integers(0xFFFF_FFFF - 2_000, 0xFFFF_FFFF)),
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from([1, 1, 1, 1, 1, 2, 0, -1, 5, 4000, -300, 30000]),  # sequence number step
+            st.integers(-2, 2),  # timestamp skew, in 5 ms steps
+            st.integers(0, 400),  # arrival delay, in timestamp units
+        ),
+        max_size=300,
+    ),
+)
+def test_statistics_follow_the_rfc_appendix(
+    first_seq: int, first_ts: int, steps: list[tuple[int, int, int]]
+) -> None:
+    ours, reference = ReceptionStats(1, first_seq), _Rfc3550Reference(first_seq)
+    seq, ts, clock = first_seq, first_ts, 10**9
+    for step, skew, delay in steps:
+        seq = (seq + step) & 0xFFFF
+        ts = (ts + 160 * step + 40 * skew) & 0xFFFF_FFFF  # wraps 32 bits for many starting points
+        clock += 160 * max(step, 0)
+        assert ours.update(seq, ts, clock + delay) == reference.update(seq, ts, clock + delay)
+        assert (ours.max_seq, ours.cycles, ours.received) == (
+            reference.max_seq,
+            reference.cycles,
+            reference.received,
+        )
+        assert ours.jitter == reference.jitter >> 4
