@@ -36,6 +36,7 @@ from crm.vocabulary import load_vocabulary
 from crm.web.app import install_admin
 from crm.web.auth import AdminSettings, Authenticator, load_or_create_secret
 from switchboard.config import Settings
+from telephony.jitter import PlayoutPolicy
 from telephony.media import MediaClock, RtpPortPool
 from telephony.sip.ua import SipCall, UserAgent
 from telephony.twilio.endpoint import TwilioEndpoint, TwilioSettings
@@ -77,6 +78,9 @@ class Switchboard:
             trunks=[trunk.to_trunk() for trunk in settings.sip_trunks],
             registrations=[registration.to_config() for registration in settings.sip_registrations],
             rtp_timeout_s=settings.rtp_timeout_s or None,
+            # The agent consumes caller audio, it does not play it: start the jitter buffer at one frame
+            # (20 ms sooner to the recogniser, every turn); it still grows on the first late packet.
+            playout=PlayoutPolicy(min_delay_frames=1),
             session_expires=settings.sip_session_expires or None,
             ring_ms=settings.ring_ms,
             tcp=settings.sip_tcp,

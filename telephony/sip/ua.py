@@ -17,6 +17,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from telephony.jitter import PlayoutPolicy
 from telephony.media import MediaClock, RtpPortPool
 from telephony.sip.admission import AdmissionPolicy, Dropped, Refused
 from telephony.sip.call import CallFailed, SipCall, TransferState, dtmf_from_info
@@ -88,6 +89,7 @@ class UserAgent(UasMixin, OutboundMixin):
         trunks: Sequence[SipTrunk] = (),
         registrations: Sequence[RegistrationConfig] = (),
         rtp_timeout_s: float | None = None,
+        playout: PlayoutPolicy | None = None,
         session_expires: int | None = None,
         min_se: int = MIN_SE_FLOOR,
         ring_ms: int = 0,
@@ -104,6 +106,7 @@ class UserAgent(UasMixin, OutboundMixin):
         self.user = user
         self.timers = timers or TimerConfig()
         self.rtp_timeout_s = rtp_timeout_s
+        self.playout = playout  # the jitter buffer policy of answered calls (None: PlayoutPolicy())
         # RFC 4028 session timers: the interval we ask for and the shortest we accept; None: off (the
         # extension is then unknown to us: no Supported: timer, and Require: timer gets 420).
         self.session_timer = SessionTimerConfig(session_expires, min_se) if session_expires else None

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
+from telephony.jitter import PlayoutPolicy
 from telephony.media import MediaClock, RtpPortPool, RtpStream
 from telephony.sdp import (
     NegotiatedMedia,
@@ -79,6 +80,7 @@ class UasMixin:
     max_calls: int
     ring_ms: int
     rtp_timeout_s: float | None
+    playout: PlayoutPolicy | None
     session_timer: SessionTimerConfig | None
     calls: dict[str, SipCall]
     _pool: RtpPortPool
@@ -173,6 +175,7 @@ class UasMixin:
                 remote=(negotiated.remote_host, negotiated.remote_port),
                 on_audio=lambda frame: box[0].deliver_audio(frame) if box else None,
                 on_dtmf=lambda digit: box[0].deliver_dtmf(digit) if box else None,
+                playout=self.playout,
             )
             stream.rtp_timeout_s = self.rtp_timeout_s
             stream.on_timeout = lambda: self._on_rtp_timeout(box[0]) if box else None
