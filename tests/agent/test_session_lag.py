@@ -94,8 +94,8 @@ class _Transcript:
 def test_a_lagging_recogniser_does_not_split_a_paused_sentence(speech_model: SpeechModel) -> None:
     voice = EspeakSynthesizer(variant="m3")
     pause = bytes(int(0.3 * 8000) * 2)  # with the voice's own edges, ~640 ms of silence mid-sentence
-    audio = phone_line("on monday at", voice) + pause + phone_line("ten in the morning", voice)
-    audio += bytes(int(2.5 * 8000) * 2)  # then silence while the recogniser catches up
+    speech = phone_line("on monday at", voice) + pause + phone_line("ten in the morning", voice)
+    audio = speech + bytes(int(2.5 * 8000) * 2)  # then silence while the recogniser catches up
     policy = _Policy()
     transport = _Transport()
 
@@ -122,7 +122,7 @@ def test_a_lagging_recogniser_does_not_split_a_paused_sentence(speech_model: Spe
                 if policy.heard:
                     break
                 await asyncio.sleep(0.02)
-            ended = started + (len(audio) - len(bytes(int(2.5 * 8000) * 2))) / 16000
+            ended = started + len(speech) / 16000
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)
             return ended
