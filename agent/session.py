@@ -294,18 +294,21 @@ class CallSession:
             self._maybe_speculate()
         elif isinstance(event, SpeechEnded):
             self._to_stt(frame)
-            silence_ms = endpointer.stream_ms - event.at_ms
-            self._last_activity = self._clock()
-            self._stt.put(
-                _End(
-                    turn=self._turn,
-                    speech_end_at=self._last_activity - silence_ms / 1000,
-                    endpoint_ms=float(silence_ms),
-                    speech_ms=float(event.at_ms - self._turn_onset_ms),
-                )
-            )
+            self._end_turn(event)
         else:
             self._preroll.append(frame)
+
+    def _end_turn(self, event: SpeechEnded) -> None:
+        silence_ms = self._endpointer.stream_ms - event.at_ms
+        self._last_activity = self._clock()
+        self._stt.put(
+            _End(
+                turn=self._turn,
+                speech_end_at=self._last_activity - silence_ms / 1000,
+                endpoint_ms=float(silence_ms),
+                speech_ms=float(event.at_ms - self._turn_onset_ms),
+            )
+        )
 
     def on_dtmf(self, digit: str) -> None:
         now = self._clock()
@@ -355,7 +358,14 @@ class CallSession:
             completeness = turn_completeness(text)
             self._completeness = (text, completeness)
         hangover = self._timings.hangovers.hangover_ms(completeness)
-        if stale:
+        # While listening, a finished-sounding partial is finalised early (`_maybe_speculate`), and that
+        # transcript decides, not the partial: a partial may still lack the word being searched ("on
+        # monday", complete, of "on monday at ten", a bare hour) or hold a passing guess ("on to the
+        # day"), and under load the transcript comes later than a short hangover. The reply waits for
+        # that transcript anyway, so waiting for it here costs no time but keeps the caller's turn; once
+        # it is in, `_on_tentative` ends the turn at once if its hangover has passed.
+        waiting = self._tentative is None and self.state is CallState.LISTENING
+        if stale or waiting:
             hangover = max(hangover, self._timings.hangovers.unfinished_ms)
         return hangover
 
@@ -819,9 +829,17 @@ class CallSession:
         return False
 
     def _on_tentative(self, text: str, turn: int) -> None:
-        """The early transcript of a paused turn: set the hangover from it and prepare the reply."""
+        """The early transcript of a paused turn: set the hangover from it and prepare the reply. If the
+        pause is already longer than that hangover, the turn ends now rather than at the next frame."""
         self._tentative = text
         self._prepare_for(text, turn)
+        endpointer = self._endpointer
+        if self.state is CallState.ENDED or not endpointer.in_speech:
+            return
+        endpointer.set_hangover(self._hangover_now())
+        event = endpointer.end_if_due()
+        if event is not None:
+            self._end_turn(event)
 
     def _prepare_for(self, text: str, turn: int) -> None:
         if not text or self.state is not CallState.LISTENING:

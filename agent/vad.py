@@ -122,6 +122,14 @@ class Endpointer:
             return SpeechEnded(at_ms=self._last_voiced_end_ms)
         return None
 
+    def end_if_due(self) -> SpeechEnded | None:
+        """End speech now, between frames, if the silence already counted has reached the hangover (which
+        `set_hangover` may just have shortened). None, and nothing changes, otherwise."""
+        if not self._in_speech or self.trailing_silence_ms < self._hangover_ms:
+            return None
+        self._in_speech = False
+        return SpeechEnded(at_ms=self._last_voiced_end_ms)
+
     def _stands_out(self, frame: bytes) -> bool:
         samples = np.frombuffer(frame, dtype="<i2").astype(np.float64)
         energy_db = 10.0 * math.log10(float(np.mean(samples * samples)) + 1.0)

@@ -132,3 +132,89 @@ def test_a_lagging_recogniser_does_not_split_a_paused_sentence(speech_model: Spe
     answered_at, text = policy.heard[0]
     assert answered_at >= speech_end, "the turn ended before the caller finished the sentence"
     assert "morning" in text, text
+
+
+class _TrailingRecognizer:
+    """Partials that trail the audio by `trail` frames, as pocketsphinx's do while the last word is still
+    being searched, and a final transcript that takes `end_s`, as on a loaded speech worker."""
+
+    def __init__(self, inner: Recognizer, *, trail: int, end_s: float) -> None:
+        self._inner = inner
+        self._trail = trail
+        self._end_s = end_s
+        self._partials: list[str] = []
+
+    def start_utterance(self) -> None:
+        self._partials = []
+        self._inner.start_utterance()
+
+    def feed(self, pcm16_8k: bytes) -> None:
+        for offset in range(0, len(pcm16_8k), FRAME_BYTES):
+            self._inner.feed(pcm16_8k[offset : offset + FRAME_BYTES])
+            self._partials.append(self._inner.partial())
+
+    def partial(self) -> str:
+        if len(self._partials) <= self._trail:
+            return ""
+        return self._partials[-1 - self._trail]
+
+    def end_utterance(self) -> str:
+        time.sleep(self._end_s)
+        return self._inner.end_utterance()
+
+
+class _TrailingEngine:
+    def __init__(self, model: SpeechModel, *, trail: int, end_s: float) -> None:
+        self._model = model
+        self._trail = trail
+        self._end_s = end_s
+
+    def new_recognizer(self) -> _TrailingRecognizer:
+        return _TrailingRecognizer(self._model.new_recognizer(), trail=self._trail, end_s=self._end_s)
+
+
+def _speak(
+    session: CallSession, transport: _Transport, policy: _Policy, audio: bytes
+) -> asyncio.Future[None]:
+    async def call() -> None:
+        running = asyncio.create_task(session.run())
+        while not transport.played:  # the greeting
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        for index, offset in enumerate(range(0, len(audio), FRAME_BYTES)):
+            session.on_audio(audio[offset : offset + FRAME_BYTES].ljust(FRAME_BYTES, b"\0"))
+            await asyncio.sleep(max(0.0, started + (index + 1) * 0.02 - time.monotonic()))
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+
+    return asyncio.ensure_future(call())
+
+
+def test_the_speculative_transcript_not_the_partial_decides_when_the_turn_ends(
+    speech_model: SpeechModel,
+) -> None:
+    """'on tuesday' (a complete answer) trails 'on tuesday at ten' (a bare hour, which waits for 'in the
+    morning'); the speculation started on it finds 'ten' only after the short hangover has passed."""
+    voice = EspeakSynthesizer(variant="m3")
+    pause = bytes(int(0.45 * 8000) * 2)  # with the voice's own edges, ~600 ms of silence mid-sentence
+    speech = phone_line("on tuesday at ten", voice) + pause + phone_line("in the morning", voice)
+    audio = speech + bytes(int(2.0 * 8000) * 2)
+    policy = _Policy()
+    transport = _Transport()
+
+    async def call() -> None:
+        with ThreadPoolExecutor(4) as executor:
+            session = CallSession(
+                call_id="trailing",
+                transport=transport,
+                policy=policy,
+                speech_model=_TrailingEngine(speech_model, trail=20, end_s=0.3),
+                synthesizer=voice,
+                transcript=_Transcript(),
+                executor=executor,
+                timings=SessionTimings(reprompt_after_s=30.0),
+            )
+            await _speak(session, transport, policy, audio)
+
+    asyncio.run(call())
+    assert [text for _, text in policy.heard] == ["on tuesday at ten in the morning"]
