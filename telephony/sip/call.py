@@ -18,7 +18,7 @@ from telephony.sdp import NegotiatedMedia, SessionDescription
 from telephony.sip.auth import DigestAuthenticator
 from telephony.sip.dialog import Dialog
 from telephony.sip.errors import SipParseError
-from telephony.sip.message import NameAddr, SipRequest, SipUri
+from telephony.sip.message import NameAddr, SipRequest, SipResponse, SipUri
 
 if TYPE_CHECKING:
     from telephony.sip.ua import UserAgent
@@ -73,6 +73,13 @@ def _digit(value: str) -> str:
     return digit
 
 
+def allowed_methods(message: SipRequest | SipResponse) -> frozenset[str] | None:
+    """The methods the sender lists in Allow (RFC 3261 20.5); None when it sent no Allow at all."""
+    if "Allow" not in message.headers:
+        return None
+    return frozenset(method.upper() for method in message.headers.get_all("Allow"))
+
+
 class CallFailed(Exception):
     """An outgoing request did not succeed (final non-2xx response, or no response at all)."""
 
@@ -121,6 +128,20 @@ class SipCall:
     ack_cseq: int = 0  # the CSeq number of that INVITE
     reinvite_pending: bool = False  # our own re-INVITE (a session refresh) waits for its final response
     authenticator: DigestAuthenticator | None = None  # outbound through a trunk: BYE may be challenged too
+    # What the peer's latest INVITE, re-INVITE, UPDATE or 2xx listed in Allow (RFC 3261 20.5): our session
+    # refreshes use UPDATE only with a peer known to take it (RFC 4028 7.4), re-INVITE otherwise.
+    peer_allow: frozenset[str] = frozenset()
+
+    def note_allow(self, message: SipRequest | SipResponse) -> None:
+        """Remember the peer's Allow from a message it sent in this dialog; one without Allow says nothing."""
+        allowed = allowed_methods(message)
+        if allowed is not None:
+            self.peer_allow = allowed
+
+    @property
+    def owns_call_id(self) -> bool:
+        """Whether we generated the dialog's Call-ID (our outbound INVITE created it): RFC 3261 14.1."""
+        return self.direction == "outbound"
 
     # --- dialog fields, kept under their old names -------------------------------------------------------
     @property

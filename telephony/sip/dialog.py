@@ -3,13 +3,15 @@
 A `Dialog` is created from the INVITE we answer (UAS, 12.1.1) or from the 2xx we receive (UAC, 12.1.2) and
 then builds every in-dialog request (12.2.1.1) and checks every one that arrives (12.2.2). The UAS core's
 2xx retransmission until ACK (13.3.1.4) is here too, as `AnswerRetransmitter`, because it is dialog state,
-not transaction state (RFC 6026).
+not transaction state (RFC 6026); so is its UAC counterpart, `SentAcks`, the ACK each 2xx to our INVITEs got,
+for as long as that 2xx may come again, and the wait before an offer refused with 491 is tried again (14.1).
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from telephony.sip.errors import SipParseError
@@ -315,3 +317,52 @@ class AnswerRetransmitter:
             pending.next_at = now + pending.interval
             self._push(pending, key)
         return resend, expired
+
+
+# --- the UAC core's ACKs ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class SentAcks:
+    """The ACK we sent for each 2xx to one of our INVITEs, by Call-ID and CSeq number (13.2.2.4).
+
+    The peer retransmits its 2xx until the ACK arrives, for up to 64*T1 (13.3.1.4); every copy must be
+    ACKed, even once the call has ended on our side (our BYE crossed a 2xx to our re-INVITE), so the ACKs
+    are kept here for that long rather than on the call.
+    """
+
+    hold_s: float
+    _acks: dict[tuple[str, int], tuple[Outgoing, float]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self._acks)
+
+    def remember(self, call_id: str, cseq: int, ack: Outgoing, now: float) -> None:
+        self._forget(now)
+        self._acks.pop((call_id, cseq), None)  # re-inserted last: the dict stays in order of expiry
+        self._acks[(call_id, cseq)] = (ack, now + self.hold_s)
+
+    def lookup(self, call_id: str, cseq: int, now: float) -> Outgoing | None:
+        """The ACK to send again for a retransmitted 2xx; None when we never ACKed it (or long ago)."""
+        self._forget(now)
+        entry = self._acks.get((call_id, cseq))
+        return entry[0] if entry is not None else None
+
+    def _forget(self, now: float) -> None:
+        while self._acks:
+            key, (_, until) = next(iter(self._acks.items()))
+            if until > now:
+                return
+            del self._acks[key]
+
+
+# --- glare ----------------------------------------------------------------------------------------------
+
+
+def glare_retry_delay(owns_call_id: bool, randint: Callable[[int, int], int]) -> float:
+    """14.1: how long to wait, in seconds, before trying again a request refused with 491. The UA that
+    generated the dialog's Call-ID waits 2.1-4 s, the other 0-2 s, in units of 10 ms, so that after a
+    glare the other side goes first. RFC 3311 5.1 applies the same to UPDATE. `randint(a, b)` draws from
+    a..b inclusive (random.Random.randint; injected so tests can check both ranges)."""
+    low, high = (210, 400) if owns_call_id else (0, 200)
+    return randint(low, high) / 100

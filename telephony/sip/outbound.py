@@ -1,11 +1,10 @@
-"""What the user agent starts itself: calls out (through a trunk, with digest auth), session refreshes
-and registrations.
+"""What the user agent starts itself: calls out (through a trunk, with digest auth) and registrations.
 
 `OutboundMixin` is the client half of `UserAgent`: the INVITE/ACK/CANCEL of an outgoing call (offering RFC
-4028 session timers, retried with a longer interval after a 422), the re-INVITE that refreshes a session
-when we are its refresher (telephony.sip.session_timer decides when), requests retried after a 401/407
-challenge (telephony.sip.auth), and one task per configured registration that keeps its binding alive
-(telephony.sip.registration decides what to send and when to refresh).
+4028 session timers, retried with a longer interval after a 422, and reading the timer its 2xx settles),
+requests retried after a 401/407 challenge (telephony.sip.auth), and one task per configured registration
+that keeps its binding alive (telephony.sip.registration decides what to send and when to refresh). The
+session refreshes we send are telephony.sip.refresh's.
 """
 
 from __future__ import annotations
@@ -62,7 +61,6 @@ log = logging.getLogger(__name__)
 
 OUTBOUND_USER_AGENT = "Switchboard/0.1"
 MAX_422_RETRIES = 2  # RFC 4028 7.3: each 422 names a larger Min-SE; more than a proxy and the UAS is a loop
-REFRESH_RETRY_MARGIN_S = 2.0  # a refused refresh is tried again only while this much of the session is left
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +136,7 @@ class OutboundMixin:
 
         def _register_call(self, call: SipCall) -> None: ...
 
-        def _send_raw(self, data: bytes, dest: Addr, transport: str) -> None: ...
+        def _send_ack(self, call: SipCall, invite_cseq: int) -> None: ...
 
         def _spawn(self, coro: Awaitable[None]) -> None: ...
 
@@ -281,6 +279,7 @@ class OutboundMixin:
         headers.add("Call-ID", generate_call_id(self.advertised_host))
         headers.add("CSeq", f"{random.randint(1, 20000)} INVITE")
         headers.add("Contact", self.contact(transport))
+        headers.add("Allow", ALLOW)  # RFC 3311 4: the callee learns it may send us UPDATE
         headers.add("User-Agent", OUTBOUND_USER_AGENT)
         if self.session_timer is not None:
             for name, value in offer_headers(self.session_timer.interval, self.session_timer.min_se):
@@ -347,10 +346,9 @@ class OutboundMixin:
             authenticator=authenticator,
         )
         box.append(call)
-        ack = dialog.create_ack(number, transport=transport, sent_by=self.sent_by(transport))
-        call.ack, call.ack_cseq = bytes(ack), number
+        call.note_allow(response)
         self._register_call(call)
-        self._send_raw(call.ack, peer, transport)
+        self._send_ack(call, number)
         try:
             negotiated = parse_answer(offer, SessionDescription.parse(response.body))
         except (SdpError, NoCommonCodec) as exc:
@@ -382,110 +380,6 @@ class OutboundMixin:
         else:
             self._session_timers.start(call.dialog.id, agreement, self._now())
         self._flush()
-
-    # --- session refresh (RFC 4028) -----------------------------------------------------------------------
-    async def refresh_session(self, call: SipCall) -> None:
-        """Our re-INVITE keeping the session alive: the same SDP, same version, so nothing about the media
-        changes (RFC 3264 8); its 2xx restarts the session timer (RFC 4028 7.4 and 10)."""
-        dialog_id = call.dialog.id
-        agreement = self._session_timers.agreement(dialog_id)
-        if agreement is None or call.state == "terminated":
-            return
-        if (
-            call.state != "confirmed"
-            or call.pending_offer is not None
-            or call.reinvite_pending
-            or self._answers.waiting(dialog_id)
-        ):
-            # 14.1: no new INVITE while another INVITE transaction of the dialog is still in progress.
-            self._session_timers.refresh_later(dialog_id, self._now() + 1.0)
-            self._flush()
-            return
-        outcome = await self._refresh_exchange(call, agreement)
-        if call.state == "terminated":
-            return
-        if not isinstance(outcome, int):
-            self._confirm_refresh(call, *outcome, agreement)
-        elif outcome in (408, 481, 503):
-            # RFC 4028 10 / RFC 3261 12.2.1.2: no answer, or the peer has lost the dialog.
-            log.info("call %s: session refresh failed (%s); hanging up", call.call_id, outcome)
-            self._spawn(self.send_bye(call, "session-refresh-failed"))
-        else:
-            # 491 (glare: again after 14.1's random 2.1-4 s) or a refusal: again halfway to the expiry, while
-            # that leaves time; otherwise the session expires and SessionExpired ends the call.
-            now = self._now()
-            expires_at = self._session_timers.expires_at(dialog_id) or now
-            retry_at = max(
-                now + (random.uniform(2.1, 4.0) if outcome == 491 else 0.0), (now + expires_at) / 2
-            )
-            if expires_at - retry_at >= REFRESH_RETRY_MARGIN_S:
-                self._session_timers.refresh_later(dialog_id, retry_at)
-            self._flush()
-
-    async def _refresh_exchange(
-        self, call: SipCall, agreement: SessionAgreement
-    ) -> tuple[SipRequest, SipResponse] | int:
-        """Our refresh and its 2xx, or the status that refused it (408/503 when nothing came back). A 422
-        is answered once with the longer interval it asks for (RFC 4028 7.3)."""
-        interval, min_se = agreement.interval, agreement.min_se
-        try:
-            sent, response = await self._send_refresh(call, interval, min_se)
-            if response.status == 422:
-                try:
-                    larger = parse_min_se(response.headers["Min-SE"])
-                except (KeyError, SipParseError):
-                    larger = 0
-                if larger > interval:
-                    sent, response = await self._send_refresh(call, larger, max(min_se, larger))
-        except CallFailed as exc:
-            return exc.status
-        return (sent, response) if 200 <= response.status < 300 else response.status
-
-    async def _send_refresh(
-        self, call: SipCall, interval: int, min_se: int
-    ) -> tuple[SipRequest, SipResponse]:
-        request = call.dialog.create_request(
-            "INVITE",
-            transport=call.transport,
-            sent_by=self.sent_by(call.transport),
-            contact=self.contact(call.transport),
-            headers=[
-                ("User-Agent", OUTBOUND_USER_AGENT),
-                ("Allow", ALLOW),
-                *offer_headers(interval, min_se, "uac"),  # we refresh, and are this transaction's uac
-            ],
-            body=call.local_sdp,
-            content_type="application/sdp",
-        )
-        call.reinvite_pending = True
-        try:
-            sent, response = await self.exchange_authorized(
-                request, call.peer_addr, call.transport, call.authenticator
-            )
-        finally:
-            call.reinvite_pending = False
-        number, _ = parse_cseq(sent.headers["CSeq"])
-        call.dialog.local_seq = max(call.dialog.local_seq, number)  # a challenge took CSeq + 1
-        return sent, response
-
-    def _confirm_refresh(
-        self, call: SipCall, sent: SipRequest, response: SipResponse, previous: SessionAgreement
-    ) -> None:
-        number, _ = parse_cseq(sent.headers["CSeq"])
-        ack = call.dialog.create_ack(number, transport=call.transport, sent_by=self.sent_by(call.transport))
-        call.ack, call.ack_cseq = bytes(ack), number
-        self._send_raw(call.ack, call.peer_addr, call.transport)
-        with contextlib.suppress(DialogError):
-            call.dialog.refresh_target(response)
-        try:
-            negotiated = parse_answer(
-                SessionDescription.parse(call.local_sdp), SessionDescription.parse(response.body)
-            )
-        except (SdpError, NoCommonCodec) as exc:
-            log.info("call %s: unusable answer to our refresh (%s); media left as it was", call.call_id, exc)
-        else:
-            self._apply_media(call, negotiated, previous=call.negotiated)
-        self._start_session_timer(call, sent, response, previous)
 
     # --- registrations ------------------------------------------------------------------------------------
     def start_registrations(self) -> None:

@@ -9,7 +9,9 @@ interval is too small (422 with our Min-SE). `offer_headers` is what our own INV
 layer: `tick(now)` says when we must refresh (at half the interval, section 10) and when a session the peer
 should have refreshed has run out. The non-refresher gives up "slightly before the session expiration",
 interval - min(32, interval / 3) seconds after the last refresh (section 10), so that its BYE still finds
-the session up.
+the session up. `after_refused_refresh` and `refresh_retry_at` say what a refused refresh of ours leads to.
+
+A refresh is a re-INVITE or an UPDATE (RFC 3311); everything here reads both the same way.
 
 "uac" and "uas" in the refresher parameter always name the client or server of the transaction that
 carries the header (section 4): in our own refresh re-INVITE we are the uac, even on a call we answered.
@@ -28,6 +30,7 @@ from telephony.sip.message import SipRequest, SipResponse
 
 __all__ = [
     "MIN_SE_FLOOR",
+    "REFRESH_RETRY_MARGIN_S",
     "TIMER_OPTION",
     "IntervalTooSmall",
     "RefreshDue",
@@ -37,20 +40,24 @@ __all__ = [
     "SessionTimerConfig",
     "SessionTimerEvent",
     "SessionTimers",
+    "after_refused_refresh",
     "expiry_margin",
     "negotiate_as_uas",
     "offer_headers",
     "parse_min_se",
     "read_answer",
+    "refresh_retry_at",
     "response_headers",
     "supports_timer",
 ]
 
 Refresher = Literal["uac", "uas"]
+RefusedRefresh = Literal["end", "reinvite", "glare", "later"]
 
 TIMER_OPTION = "timer"  # the option tag in Supported / Require (section 13)
 MIN_SE_FLOOR = 90  # sections 4 and 5: no Min-SE below this on the wire; settings enforce it, tests go lower
 _MAX_DELTA_SECONDS = 2**32 - 1  # RFC 3261 delta-seconds
+REFRESH_RETRY_MARGIN_S = 2.0  # a refused refresh is tried again only while this much of the session is left
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +219,30 @@ def read_answer(
     return SessionAgreement(answered.interval, we_refresh, True, min_se)
 
 
+def after_refused_refresh(status: int, method: str) -> RefusedRefresh:
+    """What a final non-2xx to our refresh (`method` INVITE or UPDATE) leads to; 408 and 503 also stand for
+    no answer at all and for a transport failure.
+
+    "end": the peer is unreachable or has lost the dialog: BYE (RFC 4028 10, RFC 3261 12.2.1.2).
+    "reinvite": the UPDATE the peer listed in Allow is refused as unknown after all: re-INVITE, at once.
+    "glare": 491, our request crossed one of the peer's: again after RFC 3261 14.1's random wait.
+    "later": any other refusal: again halfway to the expiry.
+    """
+    if status in (408, 481, 503):
+        return "end"
+    if method == "UPDATE" and status in (405, 501):
+        return "reinvite"
+    return "glare" if status == 491 else "later"
+
+
+def refresh_retry_at(now: float, expires_at: float, wait: float | None) -> float | None:
+    """When to send a refused refresh again: `wait` seconds from now (the glare wait), or halfway to the
+    expiry when `wait` is None. None when that leaves less than REFRESH_RETRY_MARGIN_S of the session: the
+    session then expires, and SessionExpired ends the call."""
+    at = now + wait if wait is not None else (now + expires_at) / 2
+    return at if expires_at - at >= REFRESH_RETRY_MARGIN_S else None
+
+
 def expiry_margin(interval: float) -> float:
     """How long before the session expires the non-refresher sends its BYE (section 10)."""
     return min(32.0, interval / 3)
@@ -222,7 +253,7 @@ def expiry_margin(interval: float) -> float:
 
 @dataclass(frozen=True, slots=True)
 class RefreshDue:
-    """Half the interval is gone: send the refresh (re-INVITE) now."""
+    """Half the interval is gone: send the refresh (UPDATE or re-INVITE) now."""
 
     dialog: DialogId
 

@@ -1,11 +1,11 @@
 """The asyncio SIP user agent: one timer and the sockets around the sans-IO transaction and dialog layers.
 
 Everything protocol-shaped happens in `transaction` (retransmissions, timers A-M), `dialog` (CSeq, routes,
-targets, 2xx until ACK), `session_timer` (RFC 4028 refresh and expiry deadlines) and `admission`; this
-shell feeds them datagrams and time, sends what they emit, and runs the call logic: answering INVITEs
-(early and late offer), re-INVITEs for hold/resume, INFO DTMF, BYE/CANCEL, blind transfer with REFER, RTP
-timeouts, session refreshes and expiry, and on the client side INVITE with digest auth, REGISTER refreshes
-(`outbound`) and CANCEL.
+targets, 2xx until ACK, ACKs until the 2xx stops), `session_timer` (RFC 4028 refresh and expiry deadlines)
+and `admission`; this shell feeds them datagrams and time, sends what they emit, and runs the call logic:
+answering INVITEs (early and late offer), re-INVITEs and UPDATEs for hold/resume and session refreshes,
+INFO DTMF, BYE/CANCEL, blind transfer with REFER, RTP timeouts, session expiry, and on the client side
+INVITE with digest auth, REGISTER refreshes (`outbound`), our own session refreshes (`refresh`) and CANCEL.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -21,11 +22,12 @@ from telephony.jitter import PlayoutPolicy
 from telephony.media import MediaClock, RtpPortPool
 from telephony.sip.admission import AdmissionPolicy, Dropped, Refused
 from telephony.sip.call import CallFailed, SipCall, TransferState, dtmf_from_info
-from telephony.sip.dialog import AnswerRetransmitter, DialogError, DialogId, dialog_id_for_request
+from telephony.sip.dialog import AnswerRetransmitter, DialogError, DialogId, SentAcks, dialog_id_for_request
 from telephony.sip.errors import SipParseError
 from telephony.sip.message import SipRequest, SipResponse, make_response, parse_cseq
 from telephony.sip.outbound import OutboundMixin, RegistrationConfig, SipTrunk
 from telephony.sip.refer import build_refer, parse_refer_notify
+from telephony.sip.refresh import SessionRefreshMixin
 from telephony.sip.session_timer import (
     MIN_SE_FLOOR,
     TIMER_OPTION,
@@ -38,6 +40,7 @@ from telephony.sip.transaction import (
     AckReceived,
     Addr,
     MessageRejected,
+    Outgoing,
     RequestReceived,
     ResponseReceived,
     StrayResponse,
@@ -58,7 +61,8 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = "Switchboard/0.1"
 ACCEPT_INFO = "application/dtmf-relay, application/dtmf"
-_KNOWN_METHODS = frozenset({"REGISTER", "SUBSCRIBE", "PUBLISH", "MESSAGE", "UPDATE", "PRACK", "REFER"})
+_KNOWN_METHODS = frozenset({"REGISTER", "SUBSCRIBE", "PUBLISH", "MESSAGE", "PRACK", "REFER"})
+_DIALOG_METHODS = frozenset({"BYE", "INFO", "NOTIFY", "UPDATE"})
 RTP_TIMEOUT_REASON = 'SIP;cause=408;text="RTP timeout"'
 SESSION_EXPIRED_REASON = 'SIP;cause=408;text="Session expired"'
 TRANSFER_TIMEOUT_S = 32.0
@@ -72,7 +76,7 @@ class _ClientWaiter:
     queue: asyncio.Queue[SipResponse | TransactionTimedOut | TransportFailed]
 
 
-class UserAgent(UasMixin, OutboundMixin):
+class UserAgent(UasMixin, OutboundMixin, SessionRefreshMixin):
     """SIP over UDP (and TCP, and TLS when given a certificate) for every call of this process."""
 
     def __init__(
@@ -97,6 +101,7 @@ class UserAgent(UasMixin, OutboundMixin):
         tls_server: ssl.SSLContext | None = None,
         tls_client: ssl.SSLContext | None = None,
         tls_port: int = 0,
+        rng: random.Random | None = None,
     ) -> None:
         self.advertised_host = advertised_host
         self._pool = port_pool
@@ -120,6 +125,8 @@ class UserAgent(UasMixin, OutboundMixin):
         self._tls_port = tls_port
         self._layer = TransactionLayer(self.timers)
         self._answers = AnswerRetransmitter(self.timers)
+        self._acks = SentAcks(self.timers.timeout_64t1)  # as long as a peer retransmits its 2xx (13.3.1.4)
+        self._random = rng if rng is not None else random.Random()  # RFC 3261 14.1 glare waits (tests inject)
         self._transports = SipTransports(self._on_message, self._on_transport_error, client_ssl=tls_client)
         self._bind_host = "127.0.0.1"
         self.calls: dict[str, SipCall] = {}
@@ -214,9 +221,6 @@ class UserAgent(UasMixin, OutboundMixin):
         call.confirmed.set()
         call.ended.set()
         log.info("call %s ended (%s, hangup by %s)", call.call_id, reason, by)
-
-    def _send_raw(self, data: bytes, dest: Addr, transport: str) -> None:
-        self._transports.send(data, dest, transport)
 
     def _register_call(self, call: SipCall) -> None:
         self.calls[call.call_id] = call
@@ -368,6 +372,16 @@ class UserAgent(UasMixin, OutboundMixin):
         finally:
             self._client.pop(tid, None)
 
+    def _send_ack(self, call: SipCall, invite_cseq: int) -> None:
+        """ACK the 2xx to our INVITE (13.2.2.4: a new request, the INVITE's CSeq number), remembered for
+        its retransmissions even when the call ends meanwhile."""
+        transport = call.transport
+        ack = call.dialog.create_ack(invite_cseq, transport=transport, sent_by=self.sent_by(transport))
+        call.ack, call.ack_cseq = bytes(ack), invite_cseq
+        outgoing = Outgoing(call.ack, call.peer_addr, call.transport)
+        self._acks.remember(call.call_id, invite_cseq, outgoing, self._now())
+        self._transports.send(outgoing.data, outgoing.dest, outgoing.transport)
+
     def _reack(self, response: SipResponse) -> None:
         """A 2xx to our INVITE came again: our ACK was lost, send it again (13.2.2.4)."""
         if not 200 <= response.status < 300:
@@ -376,9 +390,9 @@ class UserAgent(UasMixin, OutboundMixin):
             number, method = parse_cseq(response.headers["CSeq"])
         except (KeyError, SipParseError):
             return
-        call = self.calls.get(response.headers.get("Call-ID") or "")
-        if method == "INVITE" and call is not None and call.ack and number == call.ack_cseq:
-            self._transports.send(call.ack, call.peer_addr, call.transport)
+        ack = self._acks.lookup(response.headers.get("Call-ID") or "", number, self._now())
+        if method == "INVITE" and ack is not None:
+            self._transports.send(ack.data, ack.dest, ack.transport)
 
     # --- server side: dispatch ----------------------------------------------------------------------------
     def _on_request(self, event: RequestReceived, now: float) -> None:
@@ -419,8 +433,8 @@ class UserAgent(UasMixin, OutboundMixin):
             self._on_invite(event)
         elif method == "OPTIONS":
             self._respond(tid, request, 200, extra=self._capabilities())
-        elif method in ("BYE", "INFO", "NOTIFY"):
-            self._respond(tid, request, 481)
+        elif method in _DIALOG_METHODS:
+            self._respond(tid, request, 481)  # they exist only inside a dialog, and there is none
         elif method in _KNOWN_METHODS:
             self._respond(tid, request, 405, extra=[("Allow", ALLOW)])
         else:
@@ -447,6 +461,8 @@ class UserAgent(UasMixin, OutboundMixin):
             self._terminate(call, "caller" if call.direction == "inbound" else "callee", "bye")
         elif method == "INVITE":
             self._on_reinvite(call, event)
+        elif method == "UPDATE":
+            self._on_update(call, event)
         elif method == "INFO":
             try:
                 digit = dtmf_from_info(request)

@@ -2,10 +2,11 @@
 
 An INVITE rings for `ring_ms`, gets its RTP port and is answered with SDP (an answer to its offer, or our
 offer when it came without one: the answer then arrives in the ACK). A re-INVITE in the dialog puts the
-media on hold or resumes it, or moves it to a new address; it never changes the codec in use. With session
-timers on, every INVITE and re-INVITE is also an RFC 4028 session refresh (telephony.sip.session_timer):
-422 below our Min-SE, otherwise a 2xx naming the interval and the refresher; an unchanged SDP (a refresh)
-leaves the media stream exactly as it was.
+media on hold or resumes it, or moves it to a new address; it never changes the codec in use. An RFC 3311
+UPDATE does the same when it carries an offer (answered in its 200), and nothing to the media when it does
+not. With session timers on, every INVITE, re-INVITE and UPDATE is also an RFC 4028 session refresh
+(telephony.sip.session_timer): 422 below our Min-SE, otherwise a 2xx naming the interval and the refresher;
+an unchanged SDP or none (a refresh) leaves the media stream exactly as it was.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SERVER = "Switchboard/0.1"
-ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, NOTIFY"
+ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, NOTIFY, UPDATE"
 IncomingCallHandler = Callable[[SipCall], Awaitable[None]]
 
 
@@ -234,6 +235,7 @@ class UasMixin:
             pending_offer=pending,
         )
         box.append(call)
+        call.note_allow(request)
         if offer is not None:
             self._apply_media(call, negotiated, previous=None)
         self._ringing.pop(ringing.transaction, None)
@@ -246,19 +248,24 @@ class UasMixin:
         if self._on_call is not None:
             self._spawn(self._run_handler(call))
 
-    def _ok(self, request: SipRequest, call: SipCall, session: SessionAgreement | None) -> SipResponse:
+    def _answer_headers(self, call: SipCall, session: SessionAgreement | None) -> list[tuple[str, str]]:
+        """What our 2xx to an INVITE, re-INVITE or UPDATE carries: Contact (all three are target refresh
+        requests), Allow, Supported, and the session timer it sets up (RFC 4028 9)."""
         extra = [("Contact", self.contact(call.transport)), ("Allow", ALLOW)]
         if self.session_timer is not None:
             extra.append(("Supported", TIMER_OPTION))
         if session is not None:
             extra.extend(response_headers(session))
+        return extra
+
+    def _ok(self, request: SipRequest, call: SipCall, session: SessionAgreement | None) -> SipResponse:
         response = make_response(
             request,
             200,
             to_tag=call.local_tag,
             body=call.local_sdp,
             content_type="application/sdp",
-            extra=extra,
+            extra=self._answer_headers(call, session),
         )
         response.headers.add("Server", SERVER)
         return response
@@ -358,21 +365,10 @@ class UasMixin:
         except DialogError as exc:
             self._respond(tid, request, exc.status, exc.reason)
             return
+        call.note_allow(request)
         if request.body:
-            try:
-                offer = SessionDescription.parse(request.body)
-                answer, negotiated = self._reanswer(call, offer, call.sdp_version)
-                if bytes(answer) != call.local_sdp:  # RFC 3264 8: a changed description gets a new version
-                    call.sdp_version += 1
-                    answer, negotiated = self._reanswer(call, offer, call.sdp_version)
-            except SdpError as exc:
-                self._respond(tid, request, 400, _reason(f"Bad SDP: {exc}"))
+            if not self._answer_reoffer(call, tid, request):
                 return
-            except NoCommonCodec:
-                self._respond(tid, request, 488)  # the call goes on as it was (14.2)
-                return
-            call.local_sdp = bytes(answer)
-            self._apply_media(call, negotiated, previous=call.negotiated)
         else:
             call.sdp_version += 1
             offer = build_offer(
@@ -386,6 +382,57 @@ class UasMixin:
             call.local_sdp = bytes(offer)
             call.pending_offer = offer
         self._send_ok(tid, call, self._ok(request, call, session), session)
+
+    def _on_update(self, call: SipCall, event: RequestReceived) -> None:
+        """RFC 3311 UPDATE in one of our dialogs. Without a body it is an RFC 4028 session refresh and
+        nothing else (RFC 4028 7.4 recommends just that): the session timer restarts as after a refresh
+        re-INVITE, the media stream is not touched, so its RTP-timeout count goes on. With a body it is an
+        offer, answered in the 200 exactly as a re-INVITE's offer would be."""
+        request, tid = event.request, event.transaction
+        if request.body and (call.pending_offer is not None or call.reinvite_pending):
+            self._respond(tid, request, 491)  # RFC 3311 5.2: our own offer still waits for its answer
+            return
+        accepted, session = self._negotiate_session(tid, request)
+        if not accepted:
+            return  # 422: the session goes on as it was
+        try:
+            call.dialog.refresh_target(request)  # UPDATE is a target refresh request (RFC 3311 5.2)
+        except DialogError as exc:
+            self._respond(tid, request, exc.status, exc.reason)
+            return
+        call.note_allow(request)
+        body, content_type = b"", None
+        if request.body:
+            if not self._answer_reoffer(call, tid, request):
+                return
+            body, content_type = call.local_sdp, "application/sdp"
+        extra = self._answer_headers(call, session)
+        self._respond(tid, request, 200, body=body, content_type=content_type, extra=extra)
+        if session is not None:
+            self._session_timers.start(call.dialog.id, session, self._now())  # RFC 4028 10: from the 2xx on
+
+    def _answer_reoffer(self, call: SipCall, tid: TransactionId, request: SipRequest) -> bool:
+        """Answer the offer in a re-INVITE or UPDATE and apply it to the media; False once it has been
+        refused (415, 400, or 488 for a codec other than the one in use: the call goes on as it was, 14.2)."""
+        content_type = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if content_type != "application/sdp":
+            self._respond(tid, request, 415, extra=[("Accept", "application/sdp")])
+            return False
+        try:
+            offer = SessionDescription.parse(request.body)
+            answer, negotiated = self._reanswer(call, offer, call.sdp_version)
+            if bytes(answer) != call.local_sdp:  # RFC 3264 8: a changed description gets a new version
+                call.sdp_version += 1
+                answer, negotiated = self._reanswer(call, offer, call.sdp_version)
+        except SdpError as exc:
+            self._respond(tid, request, 400, _reason(f"Bad SDP: {exc}"))
+            return False
+        except NoCommonCodec:
+            self._respond(tid, request, 488)
+            return False
+        call.local_sdp = bytes(answer)
+        self._apply_media(call, negotiated, previous=call.negotiated)
+        return True
 
     def _reanswer(
         self, call: SipCall, offer: SessionDescription, version: int

@@ -1,6 +1,10 @@
-"""RFC 3261 section 12 dialogs: identity, route sets, CSeq ordering, target refresh, 2xx until ACK."""
+"""RFC 3261 section 12 dialogs: identity, route sets, CSeq ordering, target refresh, 2xx until ACK, the ACKs
+we keep for retransmitted 2xx, and the glare wait."""
 
 from __future__ import annotations
+
+import random
+from collections.abc import Callable
 
 import pytest
 
@@ -9,11 +13,13 @@ from telephony.sip.dialog import (
     Dialog,
     DialogError,
     DialogId,
+    SentAcks,
     dialog_id_for_request,
     dialog_id_for_response,
+    glare_retry_delay,
 )
 from telephony.sip.message import SipRequest, SipResponse, Via, make_response, parse_message
-from telephony.sip.transaction import TimerConfig
+from telephony.sip.transaction import Outgoing, TimerConfig
 from tests.telephony.sip_samples import load_sip
 
 US = ("198.51.100.1", 5060)
@@ -152,3 +158,52 @@ def test_responses_copy_dialog_identity() -> None:
     ok: SipResponse = make_response(invite, 200, to_tag="local")
     assert dialog_id_for_response(ok) == DialogId("dialog-1@test", "remote-tag", "local")
     assert dialog_id_for_request(invite) is None
+
+
+def test_sent_acks_are_found_again_until_64_t1_after_they_were_sent() -> None:
+    acks = SentAcks(hold_s=TimerConfig().timeout_64t1)
+    first = Outgoing(b"ACK 7", ("192.0.2.10", 5060), "UDP")
+    later = Outgoing(b"ACK 9", ("192.0.2.10", 5060), "UDP")
+    acks.remember("call-a", 7, first, now=0.0)
+    acks.remember("call-a", 9, later, now=10.0)
+    assert acks.lookup("call-a", 7, now=31.9) == first  # the 2xx to CSeq 7 came again
+    assert acks.lookup("call-a", 8, now=31.9) is None  # never ACKed by us: nothing to resend
+    assert acks.lookup("call-b", 7, now=31.9) is None
+    assert acks.lookup("call-a", 7, now=32.0) is None and len(acks) == 1  # forgotten, the later one kept
+    assert acks.lookup("call-a", 9, now=41.9) == later
+    assert acks.lookup("call-a", 9, now=42.0) is None and len(acks) == 0
+
+
+def test_an_ack_sent_again_is_kept_from_its_last_sending() -> None:
+    acks = SentAcks(hold_s=32.0)
+    ack = Outgoing(b"ACK 1", ("192.0.2.10", 5060), "UDP")
+    acks.remember("call-a", 1, ack, now=0.0)
+    acks.remember("call-b", 1, ack, now=5.0)
+    acks.remember("call-a", 1, ack, now=20.0)  # the same 2xx, a new ACK for it
+    assert acks.lookup("call-b", 1, now=37.0) is None  # call-b expired first although stored second
+    assert acks.lookup("call-a", 1, now=51.9) == ack
+
+
+@pytest.mark.parametrize(
+    ("owns_call_id", "low", "high"),
+    [(True, 2.1, 4.0), (False, 0.0, 2.0)],
+    ids=["we-generated-the-call-id", "the-peer-did"],
+)
+def test_glare_wait_ranges(owns_call_id: bool, low: float, high: float) -> None:
+    asked: list[tuple[int, int]] = []
+
+    def extreme(pick_high: bool) -> Callable[[int, int], int]:
+        def randint(a: int, b: int) -> int:
+            asked.append((a, b))
+            return b if pick_high else a
+
+        return randint
+
+    assert glare_retry_delay(owns_call_id, extreme(False)) == low
+    assert glare_retry_delay(owns_call_id, extreme(True)) == high
+    # In units of 10 ms (14.1): the bounds asked for are whole hundredths of the seconds above.
+    assert asked == [(round(low * 100), round(high * 100))] * 2
+    drawn = [glare_retry_delay(owns_call_id, random.Random(seed).randint) for seed in range(500)]
+    assert all(low <= wait <= high for wait in drawn)
+    assert all(abs(wait * 100 - round(wait * 100)) < 1e-9 for wait in drawn)
+    assert len(set(drawn)) > 100  # really drawn, not one fixed value

@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 
 from telephony.media import MediaClock, RtpPortPool
-from telephony.sip.call import SipCall
-from telephony.sip.dialog import DialogId
+from telephony.sip.call import SipCall, allowed_methods
+from telephony.sip.dialog import DialogId, glare_retry_delay
 from telephony.sip.errors import SipParseError
 from telephony.sip.message import SipRequest, SipResponse, make_response, parse_message
 from telephony.sip.session_timer import (
+    REFRESH_RETRY_MARGIN_S,
     IntervalTooSmall,
     RefreshDue,
     SessionAgreement,
@@ -22,11 +23,13 @@ from telephony.sip.session_timer import (
     SessionExpires,
     SessionTimerConfig,
     SessionTimers,
+    after_refused_refresh,
     expiry_margin,
     negotiate_as_uas,
     offer_headers,
     parse_min_se,
     read_answer,
+    refresh_retry_at,
     response_headers,
 )
 from telephony.sip.ua import UserAgent
@@ -37,15 +40,15 @@ DIALOG = DialogId("call-1@test", "ours", "theirs")
 OTHER = DialogId("call-2@test", "ours", "theirs")
 
 
-def invite(*headers: str) -> SipRequest:
+def invite(*headers: str, method: str = "INVITE", cseq: int = 1) -> SipRequest:
     lines = [
-        "INVITE sip:agent@127.0.0.1 SIP/2.0",
+        f"{method} sip:agent@127.0.0.1 SIP/2.0",
         "Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-st",
         "Max-Forwards: 70",
         "From: <sip:+15550100002@127.0.0.1>;tag=caller",
         "To: <sip:agent@127.0.0.1>",
         "Call-ID: call-1@test",
-        "CSeq: 1 INVITE",
+        f"CSeq: {cseq} {method}",
         "Contact: <sip:caller@127.0.0.1:5070>",
         *headers,
         "Content-Length: 0",
@@ -178,6 +181,21 @@ def test_refresher_and_require(headers: tuple[str, ...], we_refresh: bool, requi
         assert written["Require"] == "timer"
 
 
+def test_an_update_is_read_like_a_reinvite() -> None:
+    # RFC 4028 9: UPDATE and re-INVITE are both session refreshes, negotiated the same way.
+    for method in ("INVITE", "UPDATE"):
+        refresh = invite("Supported: timer", "Session-Expires: 600;refresher=uac", method=method, cseq=2)
+        assert negotiate_as_uas(refresh, CONFIG) == SessionAgreement(600, False, True, 90)
+        too_small = invite("Supported: timer", "Session-Expires: 60", method=method, cseq=3)
+        assert negotiate_as_uas(too_small, CONFIG) == IntervalTooSmall(90)
+
+
+def test_allow_lists_are_read_item_by_item() -> None:
+    allowed = allowed_methods(invite("Allow: INVITE, ACK,BYE", "Allow: update"))
+    assert allowed == frozenset({"INVITE", "ACK", "BYE", "UPDATE"})
+    assert allowed_methods(invite()) is None  # no Allow: unknown, not "nothing"
+
+
 def test_no_session_expires_asked_gets_ours() -> None:
     outcome = negotiate_as_uas(invite("Supported: timer"), SessionTimerConfig(interval=900, min_se=90))
     assert isinstance(outcome, SessionAgreement) and outcome.interval == 900
@@ -308,6 +326,48 @@ def test_refresh_later_only_while_the_session_lasts() -> None:
     assert not timers.refresh_later(DIALOG, 61.0)  # after the expiry at 60: too late
     assert timers.tick(60.0) == [SessionExpired(DIALOG)]
     assert not timers.refresh_later(DIALOG, 61.0)  # gone
+
+
+@pytest.mark.parametrize(
+    ("status", "method", "verdict"),
+    [
+        (481, "INVITE", "end"),
+        (408, "UPDATE", "end"),
+        (503, "INVITE", "end"),
+        (491, "INVITE", "glare"),
+        (491, "UPDATE", "glare"),
+        (405, "UPDATE", "reinvite"),
+        (501, "UPDATE", "reinvite"),
+        (405, "INVITE", "later"),  # a re-INVITE has nothing to fall back to
+        (488, "INVITE", "later"),
+        (500, "UPDATE", "later"),
+    ],
+)
+def test_what_a_refused_refresh_leads_to(status: int, method: str, verdict: str) -> None:
+    assert after_refused_refresh(status, method) == verdict
+
+
+def test_491_is_retried_after_the_glare_wait_others_halfway() -> None:
+    timers = SessionTimers()
+    timers.start(DIALOG, SessionAgreement(90, True, True, 90), now=0.0)
+    assert timers.tick(45.0) == [RefreshDue(DIALOG)]
+    expires_at = timers.expires_at(DIALOG)
+    assert expires_at == 60.0
+    # Our refresh got 491 at 45.2: on a call the peer placed the wait is 0-2 s; say the draw was 1.37 s.
+    wait = glare_retry_delay(False, lambda low, high: 137)
+    at = refresh_retry_at(45.2, expires_at, wait)
+    assert at is not None and round(at, 6) == 46.57
+    assert timers.refresh_later(DIALOG, at)
+    assert timers.tick(46.56) == []
+    assert timers.tick(at) == [RefreshDue(DIALOG)]
+    # Any other refusal: halfway to the expiry, while that leaves the margin.
+    assert refresh_retry_at(47.0, expires_at, None) == 53.5
+    latest = expires_at - 2 * REFRESH_RETRY_MARGIN_S
+    assert refresh_retry_at(latest, expires_at, None) == expires_at - REFRESH_RETRY_MARGIN_S
+    # Too close to the expiry: no retry, the session expires.
+    assert refresh_retry_at(latest + 0.1, expires_at, None) is None
+    assert refresh_retry_at(55.0, expires_at, 3.5) is None
+    assert run_until(timers, 100.0) == [(60.0, SessionExpired(DIALOG))]
 
 
 def test_refresh_later_is_not_for_the_non_refresher() -> None:

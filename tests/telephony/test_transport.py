@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import ssl
 import subprocess
 from collections.abc import AsyncIterator
@@ -17,6 +18,8 @@ from telephony.sip.message import SipRequest, SipResponse, Via, parse_message
 from telephony.sip.transport import KEEPALIVE_PING, FramingError, StreamFramer
 from telephony.sip.ua import SipCall, UserAgent
 from tests.services import unavailable
+from tests.telephony import listening
+from tests.telephony.listening import start_with_tcp
 from tests.telephony.sip_samples import load_sip
 from tests.telephony.test_ua import OFFER_PCMU, request
 
@@ -103,20 +106,65 @@ async def start_agent(
         calls.append(call)
         await call.ended.wait()
 
-    ua = UserAgent(
-        advertised_host="127.0.0.1",
-        port_pool=RtpPortPool(low, low + 99),
-        clock=MediaClock(),
-        on_call=on_call,
-        **options,  # type: ignore[arg-type]
-    )
-    await ua.start("127.0.0.1", 0)
+    def make() -> UserAgent:
+        return UserAgent(
+            advertised_host="127.0.0.1",
+            port_pool=RtpPortPool(low, low + 99),
+            clock=MediaClock(),
+            on_call=on_call,
+            **options,  # type: ignore[arg-type]
+        )
+
+    # TCP on the UDP port's number for sure: with port 0 it was missing now and then (KeyError 'TCP').
+    ua = await start_with_tcp(make)
     agents.append(ua)
     return ua, calls
 
 
 def over(transport: str, data: bytes) -> bytes:
     return data.replace(b"SIP/2.0/UDP", f"SIP/2.0/{transport}".encode())
+
+
+def tcp_listener_with_free_udp_twin() -> socket.socket:
+    """A TCP socket listening on a port whose UDP port of the same number is free: what made agents that
+    picked their UDP port themselves (port 0) start without TCP now and then."""
+    for _ in range(100):
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            try:
+                udp.bind(listener.getsockname())
+            except OSError:
+                listener.close()
+                continue
+        return listener
+    pytest.fail("no TCP port with a free UDP twin")
+
+
+async def test_agents_that_need_tcp_never_start_on_a_taken_tcp_port(
+    agents: list[UserAgent], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def make() -> UserAgent:
+        ua = UserAgent(advertised_host="127.0.0.1", port_pool=RtpPortPool(37900, 37999), clock=MediaClock())
+        agents.append(ua)
+        return ua
+
+    with tcp_listener_with_free_udp_twin() as listener:
+        taken: int = listener.getsockname()[1]
+        plain = make()
+        await plain.start("127.0.0.1", taken)
+        assert plain.port == taken and "TCP" not in plain.ports  # the flake: UDP only, a warning logged
+        await plain.close()
+        # start_with_tcp is offered the same port first (as if someone took its TCP twin after the check),
+        # then a free one: it leaves the taken one and ends up with TCP.
+        offered = iter([taken])
+        real_pick = listening.free_udp_and_tcp_port
+        monkeypatch.setattr(
+            listening, "free_udp_and_tcp_port", lambda host: next(offered, None) or real_pick(host)
+        )
+        ua = await start_with_tcp(make)
+    assert ua.port != taken and ua.ports["TCP"] == ua.port
 
 
 async def test_options_over_tcp_in_pieces_and_keepalive(agents: list[UserAgent]) -> None:

@@ -22,6 +22,7 @@ from telephony.codecs import pcm16_to_ulaw
 from telephony.media import MediaClock, RtpPortPool
 from telephony.sip.ua import UserAgent
 from tests.services import require_binary
+from tests.telephony.listening import start_with_tcp
 from tests.telephony.sipp.agent_side import AgentFactory, AgentStub
 from tests.telephony.sipp.sipp_peer import LOOPBACK, Sipp
 
@@ -39,19 +40,22 @@ async def sipp(tmp_path: Path) -> AsyncIterator[Sipp]:
 
 @pytest.fixture
 async def start_agent() -> AsyncIterator[AgentFactory]:
-    """Starts a UserAgent on a free loopback port: `await start_agent(stub, max_calls=1, ...)`; extra
-    keyword arguments go to the UserAgent constructor."""
+    """Starts a UserAgent on a loopback port free for UDP and TCP: `await start_agent(stub, max_calls=1,
+    ...)`; extra keyword arguments go to the UserAgent constructor."""
     agents: list[UserAgent] = []
 
     async def start(on_call: AgentStub | None = None, **options: Any) -> UserAgent:
-        agent = UserAgent(
-            advertised_host=LOOPBACK,
-            port_pool=RtpPortPool(*RTP_PORTS),
-            clock=MediaClock(),
-            on_call=on_call,
-            **options,
-        )
-        await agent.start(LOOPBACK, 0)
+        def make() -> UserAgent:
+            return UserAgent(
+                advertised_host=LOOPBACK,
+                port_pool=RtpPortPool(*RTP_PORTS),
+                clock=MediaClock(),
+                on_call=on_call,
+                **options,
+            )
+
+        # TCP listens on the UDP port's number, which sipp -t t1 calls (test_sipp_media): it must be free.
+        agent = await start_with_tcp(make, LOOPBACK)
         agents.append(agent)
         return agent
 

@@ -1,5 +1,7 @@
-"""RFC 4028 session timers against sipp: the caller refreshing, the caller going quiet, an interval below
-our Min-SE, the agent refreshing, and outbound calls that offer the extension (and meet a 422).
+"""RFC 4028 session timers against sipp: the caller refreshing (with re-INVITE or UPDATE), the caller going
+quiet, an interval below our Min-SE, the agent refreshing (with re-INVITE, or UPDATE when the peer allows
+it), outbound calls that offer the extension (and meet a 422), and a 2xx to our refresh that comes after
+our BYE.
 
 Our side runs with a 2 s Min-SE so that a session interval of a few seconds, and so every scenario, takes
 seconds (RFC 4028 puts the floor at 90 s; the setting enforces that, the UserAgent takes what it is given).
@@ -18,7 +20,14 @@ import pytest
 from telephony.sip.call import SipCall
 from telephony.sip.session_timer import SessionAgreement
 from telephony.sip.ua import UserAgent
-from tests.telephony.sipp.agent_side import AgentFactory, AgentStub, CallRecord, agent_address, wait_for
+from tests.telephony.sipp.agent_side import (
+    AgentFactory,
+    AgentStub,
+    Behaviour,
+    CallRecord,
+    agent_address,
+    wait_for,
+)
 from tests.telephony.sipp.sipp_peer import LOOPBACK, Sipp, SippResult
 
 pytestmark = pytest.mark.sipp
@@ -41,12 +50,10 @@ def logged(result: SippResult, pattern: str) -> list[tuple[str, ...]]:
     return [match.groups() for match in re.finditer(pattern, result.logs)]
 
 
-@pytest.mark.parametrize("calls", [1, 3])
-async def test_caller_refreshes_keep_the_call_and_its_media_as_they_were(
-    sipp: Sipp, start_agent: AgentFactory, calls: int
-) -> None:
-    samples: dict[str, list[MediaSample]] = {}
-    agreements: dict[str, SessionAgreement | None] = {}
+def watch_media(
+    samples: dict[str, list[MediaSample]], agreements: dict[str, SessionAgreement | None]
+) -> Behaviour:
+    """Samples each call's stream every 50 ms until the call ends, and notes its session timer."""
 
     async def watch(call: SipCall, record: CallRecord) -> None:
         assert call.agent is not None
@@ -62,7 +69,26 @@ async def test_caller_refreshes_keep_the_call_and_its_media_as_they_were(
             await asyncio.sleep(0.05)
         assert call.media is media, "a refresh replaced the call's RTP stream"
 
-    stub = AgentStub(watch)
+    return watch
+
+
+def assert_media_undisturbed(seen: list[MediaSample]) -> None:
+    """No hold, no new address, and packets flowed both ways all along."""
+    assert {sample.direction for sample in seen} == {"sendrecv"}
+    assert len({sample.remote for sample in seen}) == 1
+    for what in ("sent", "received"):
+        counts = [(sample.at, sample.sent if what == "sent" else sample.received) for sample in seen]
+        stalls = stalls_over(counts, 0.3)
+        assert stalls == [], f"no RTP {what} for over 0.3 s from {stalls} s into the call"
+
+
+@pytest.mark.parametrize("calls", [1, 3])
+async def test_caller_refreshes_keep_the_call_and_its_media_as_they_were(
+    sipp: Sipp, start_agent: AgentFactory, calls: int
+) -> None:
+    samples: dict[str, list[MediaSample]] = {}
+    agreements: dict[str, SessionAgreement | None] = {}
+    stub = AgentStub(watch_media(samples, agreements))
     agent = await start_agent(stub, **TIMERS)
     # -rtp_echo: what the agent sends comes back, so reception is watched as well as sending.
     result = await sipp.run(
@@ -86,17 +112,43 @@ async def test_caller_refreshes_keep_the_call_and_its_media_as_they_were(
         assert call.hangup_by == "caller" and call.end_reason == "bye"
         seen = samples[call.call_id]
         assert seen[-1].at - seen[0].at >= 3.5, "the call ended early"
-        # Nothing about the media changed: no hold, no new address, and packets flowed both ways all along.
-        assert {sample.direction for sample in seen} == {"sendrecv"}
-        assert len({sample.remote for sample in seen}) == 1
-        for what in ("sent", "received"):
-            counts = [(sample.at, sample.sent if what == "sent" else sample.received) for sample in seen]
-            stalls = stalls_over(counts, 0.3)
-            assert stalls == [], f"no RTP {what} for over 0.3 s from {stalls} s into the call"
+        assert_media_undisturbed(seen)  # nothing about the media changed
     # The agent answered each refresh with exactly the SDP it answered its call with (same o= version):
     # one o= line per call (the session id is random per call), in all four of its 200s.
     sent = Counter(origin for _, origin in logged(result, r"(answer|refresh\d): .*SDP (o=[^\r\n]*)"))
     assert sorted(sent.values()) == [4] * calls, sent
+
+
+async def test_caller_refreshing_with_update_keeps_the_call_and_its_media(
+    sipp: Sipp, start_agent: AgentFactory
+) -> None:
+    samples: dict[str, list[MediaSample]] = {}
+    agreements: dict[str, SessionAgreement | None] = {}
+    stub = AgentStub(watch_media(samples, agreements))
+    agent = await start_agent(stub, **TIMERS)
+    result = await sipp.run(
+        "uac_session_timer_update_refresh.xml",
+        remote=agent_address(agent),
+        args=[*keys(session_expires=INTERVAL), "-d", "1000", "-rtp_echo"],
+    )
+
+    assert result.returncode == 0, result.explain()
+    assert logged(result, r"answer: Session-Expires (\d+);refresher=uac Require (timer) Allow (UPDATE)") == [
+        (str(INTERVAL), "timer", "UPDATE")
+    ]
+    # Each 200 to an UPDATE kept the caller as refresher, required the extension and carried no body.
+    updates = logged(
+        result, r"(update\d): Session-Expires (\d+);refresher=uac Require (timer) Content-Length (\d+)"
+    )
+    assert updates == [(f"update{n}", str(INTERVAL), "timer", "0") for n in (1, 2, 3)], result.logs
+    await wait_for(stub.only.call.ended.is_set, what="the call to end")
+    call = stub.only.call
+    assert agreements[call.call_id] == SessionAgreement(INTERVAL, False, True, MIN_SE)
+    # Three UPDATEs 1 s apart and a BYE 1 s after the last: 4 s, past the 3 s interval.
+    assert call.hangup_by == "caller" and call.end_reason == "bye"
+    seen = samples[call.call_id]
+    assert seen[-1].at - seen[0].at >= 3.5, "the call ended early"
+    assert_media_undisturbed(seen)
 
 
 def stalls_over(counts: list[tuple[float, int]], seconds: float) -> list[float]:
@@ -200,6 +252,40 @@ async def test_agent_refreshes_when_the_caller_asks_it_to(sipp: Sipp, start_agen
     assert stub.only.call.hangup_by == "caller"
 
 
+async def test_agent_refreshes_with_update_when_the_caller_allows_it(
+    sipp: Sipp, start_agent: AgentFactory
+) -> None:
+    agreements: list[SessionAgreement | None] = []
+
+    async def remember(call: SipCall, record: CallRecord) -> None:
+        assert call.agent is not None
+        agreements.append(call.agent.session_agreement(call))
+        await call.ended.wait()
+
+    stub = AgentStub(remember)
+    agent = await start_agent(stub, **TIMERS)
+    started = time.monotonic()
+    result = await sipp.run(
+        "uac_session_timer_agent_updates.xml",
+        remote=agent_address(agent),
+        args=keys(session_expires=INTERVAL),
+    )
+    elapsed = time.monotonic() - started
+
+    assert result.returncode == 0, result.explain()
+    assert agreements == [SessionAgreement(INTERVAL, True, True, MIN_SE)]
+    assert logged(result, r"answer: Session-Expires (\d+);refresher=uas Allow (UPDATE)") == [
+        (str(INTERVAL), "UPDATE")
+    ]
+    refreshes = logged(
+        result, r"(refresh\d): Session-Expires (\d+);refresher=uac Supported (timer) Content-Length (\d+)"
+    )
+    assert refreshes == [(f"refresh{n}", str(INTERVAL), "timer", "0") for n in (1, 2)], result.logs
+    assert elapsed >= INTERVAL  # two refreshes at half the interval each
+    await wait_for(stub.only.call.ended.is_set, what="the call to end")
+    assert stub.only.call.hangup_by == "caller"
+
+
 # --- outbound: the agent as the UAC -------------------------------------------------------------------
 async def place_call(agent: UserAgent, port: int) -> SipCall:
     return await agent.invite(
@@ -242,3 +328,46 @@ async def test_outbound_call_retries_with_the_min_se_of_a_422(sipp: Sipp, start_
     retry = logged(result, r"retry: Supported timer Session-Expires ([^\r\n]*?) Min-SE (\d+)")
     assert first == [("60", str(MIN_SE))]
     assert retry == [("120", "120")]
+
+
+async def test_outbound_call_refreshed_with_update_when_the_trunk_allows_it(
+    sipp: Sipp, start_agent: AgentFactory
+) -> None:
+    agent = await start_agent(**TIMERS)
+    trunk = await sipp.start("uas_session_timer_update.xml", args=keys(session_expires=INTERVAL))
+    call = await place_call(agent, trunk.port)
+    answered_at = time.monotonic()
+    assert "UPDATE" in call.peer_allow
+    # The refresh is due 1.5 s after the answer; unrefreshed, the session would end 3 - 3/3 = 2 s after it.
+    # The call outlives that only if the 200 to the UPDATE restarted the clock.
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(call.ended.wait(), answered_at + 2.5 - time.monotonic())
+    assert call.state == "confirmed" and call.dialog.local_seq > call.invite_cseq
+    assert call.ack_cseq == call.invite_cseq  # an UPDATE is not ACKed (sipp would fail on an ACK, too)
+    await call.hangup()
+    result = await trunk.wait()
+
+    assert result.returncode == 0, result.explain()
+    assert logged(result, r"invite: Allow (UPDATE)") == [("UPDATE",)]
+    refreshed = logged(result, r"refresh1: Session-Expires ([^ ]+) Supported (timer) Content-Length (\d+)")
+    assert refreshed == [(f"{INTERVAL};refresher=uac", "timer", "0")]
+
+
+async def test_outbound_2xx_to_our_refresh_after_our_bye_is_acked(
+    sipp: Sipp, start_agent: AgentFactory
+) -> None:
+    agent = await start_agent(**TIMERS)
+    trunk = await sipp.start("uas_session_timer_late_2xx.xml", args=keys(session_expires=INTERVAL))
+    call = await place_call(agent, trunk.port)
+    answered = call.negotiated
+    await wait_for(lambda: call.reinvite_pending, timeout=4.0, what="the refresh re-INVITE")
+    await call.hangup()  # the trunk answers the BYE, then the re-INVITE
+    result = await trunk.wait()
+
+    assert result.returncode == 0, result.explain()  # the ACK came, or sipp would have timed out
+    [(refresh_cseq,)] = logged(result, r"refresh: CSeq (\d+) INVITE")
+    assert logged(result, r"ack1: CSeq (\d+) ACK") == [(refresh_cseq,)]
+    # The call stayed ended: the late answer (media moved by 2 ports) was not applied, no timer restarted.
+    assert call.state == "terminated" and call.hangup_by == "caller" and agent.calls == {}
+    assert call.negotiated == answered and call.negotiated.remote_port == trunk.media_port
+    assert agent.session_agreement(call) is None
