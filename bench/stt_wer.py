@@ -6,6 +6,7 @@ would. Prints WER per voice and per sentence set, and timing / memory figures.
 
     .venv/bin/python bench/stt_wer.py                    # n-gram LM (the default search)
     .venv/bin/python bench/stt_wer.py --search grammar   # JSGF grammar, same audio
+    .venv/bin/python bench/stt_wer.py --passes 1         # one decoding pass (SWITCHBOARD_STT_PASSES=1)
     .venv/bin/python bench/stt_wer.py --voices m3,f2,m7 --verbose
 """
 
@@ -61,6 +62,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--search", choices=("ngram", "grammar"), default="ngram")
+    parser.add_argument("--passes", type=int, choices=(1, 2), default=2, help="n-gram decoding passes")
     parser.add_argument("--smoothing", choices=("kneser_ney", "witten_bell"), default="kneser_ney")
     parser.add_argument("--voices", default="m3,f2", help="espeak-ng en-us variants to speak with")
     parser.add_argument("--verbose", action="store_true", help="print every misrecognised sentence")
@@ -73,6 +75,7 @@ def main() -> None:
             DEMO_VOCABULARY,
             workdir / "cold",
             search=args.search,
+            passes=args.passes,
             smoothing=args.smoothing,
             mapping_cache=workdir / "cache",
         )
@@ -82,12 +85,14 @@ def main() -> None:
             DEMO_VOCABULARY,
             workdir / "model",
             search=args.search,
+            passes=args.passes,
             smoothing=args.smoothing,
             mapping_cache=workdir / "cache",
         )
         build = time.perf_counter() - started
         print(
-            f"search={args.search} smoothing={args.smoothing} sentences={model.files.sentence_count} "
+            f"search={args.search} passes={args.passes} smoothing={args.smoothing} "
+            f"sentences={model.files.sentence_count} "
             f"words={len(model.files.lexicon.pronunciations)} derived={list(model.files.lexicon.derived)}"
         )
         print(

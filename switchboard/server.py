@@ -148,7 +148,9 @@ class Switchboard:
                 raise StartupError(f"{where}: {exc}") from exc
         try:
             # The language model is built from the CRM's own vocabulary and rebuilt when it changes.
-            self.speech_models = SpeechModels(vocabulary, settings.data_dir / "speech")
+            self.speech_models = SpeechModels(
+                vocabulary, settings.data_dir / "speech", passes=1 if settings.stt_passes == 1 else 2
+            )
             processes = settings.stt_processes if settings.stt_processes is not None else os.cpu_count() or 1
             if processes == 0:
                 return self.speech_models
