@@ -305,6 +305,9 @@ class AdminUser(Base):
     role: Mapped[str] = mapped_column(String(16))
     active: Mapped[bool] = mapped_column(default=True, server_default=true())
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utc_now)
+    # Every session cookie and API token carries the value it was issued under and is refused once this
+    # moves on: signing out, a password change or deactivation bumps it (revision 0006).
+    session_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 # --- transactional outbox (workers/) ------------------------------------------------------------------

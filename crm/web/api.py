@@ -1,6 +1,7 @@
 """The CRM JSON API under /api: the admin app's operations for scripts and other front ends.
 
-Authenticate with POST /api/auth/token, then send `Authorization: Bearer <token>`. Errors are JSON
+Authenticate with POST /api/auth/token, then send `Authorization: Bearer <token>`; POST /api/auth/logout
+revokes the member's tokens and admin sessions (all of them: crm.web.auth). Errors are JSON
 `{"detail": ...}`: 401 without a valid token, 403 for a role that may not, 404 for unknown ids,
 409 when the slot is taken or closed, 413 for oversize bodies, 422 for malformed input.
 """
@@ -14,7 +15,7 @@ from dataclasses import asdict
 from decimal import Decimal
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
@@ -121,21 +122,58 @@ def api_router(settings: AdminSettings, auth: Authenticator) -> APIRouter:
             raise HTTPException(401, "wrong username or password")
         return {"token": auth.api_token(member), "token_type": "bearer", "role": member.role}
 
-    @router.get("/bookings", summary="Bookings, filtered by day, status, review state and service")
+    @router.post(
+        "/auth/logout", status_code=204, summary="Sign out: revoke every token and session of this member"
+    )
+    def logout(member: StaffMember = signed_in) -> None:
+        auth.revoke(member)
+
+    @router.get(
+        "/bookings",
+        summary="Bookings in start order, a page at a time, filtered by day, status, review and service",
+        description=(
+            "A page of at most `limit` bookings. Where the list goes on, the response has a `Link` header "
+            '(RFC 8288) with rel="next" and/or rel="prev" URLs that keep the filters; the page positions '
+            "in them (`after`, `before`) stay fast however deep the list. `offset` is kept for small skips "
+            f"only (at most {operations.MAX_OFFSET})."
+        ),
+    )
     def list_bookings(
+        request: Request,
+        response: Response,
         member: StaffMember = signed_in,
         day: Annotated[dt.date | None, Query(description="YYYY-MM-DD, business-local")] = None,
         status: str | None = None,
         needs_review: bool | None = None,
         service: str | None = None,
         limit: Annotated[int, Query(ge=1, le=operations.MAX_PAGE_SIZE)] = operations.PAGE_SIZE,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=operations.MAX_OFFSET)] = 0,
+        after: Annotated[str | None, Query(max_length=64, description="from a rel=next link")] = None,
+        before: Annotated[str | None, Query(max_length=64, description="from a rel=prev link")] = None,
     ) -> list[dict[str, Any]]:
         try:
-            filters = operations.BookingFilter(day, status, needs_review, service, limit, offset)
+            filters = operations.BookingFilter(
+                day=day,
+                status=status,
+                needs_review=needs_review,
+                service=service,
+                limit=limit,
+                offset=offset,
+                after=None if after is None else operations.BookingCursor.parse(after),
+                before=None if before is None else operations.BookingCursor.parse(before),
+            )
         except InvalidRequest as exc:
             raise http_error(exc) from exc
-        return [asdict(row) for row in run(lambda session: operations.list_bookings(session, filters))]
+        page = run(lambda session: operations.list_bookings(session, filters))
+        base = request.url.remove_query_params(["after", "before", "offset"])
+        links = [
+            f'<{base.include_query_params(**{key: str(cursor)})}>; rel="{rel}"'
+            for key, cursor, rel in (("before", page.previous, "prev"), ("after", page.next, "next"))
+            if cursor is not None
+        ]
+        if links:
+            response.headers["Link"] = ", ".join(links)
+        return [asdict(row) for row in page.rows]
 
     @router.get("/bookings/{booking_id}", summary="One booking with its call transcript and audit trail")
     def get_booking(booking_id: int, member: StaffMember = signed_in) -> dict[str, Any]:

@@ -11,19 +11,21 @@ from fastapi.staticfiles import StaticFiles
 
 from crm.web.api import api_router
 from crm.web.auth import AdminSettings, Authenticator, Forbidden, NotAuthenticated
-from crm.web.limits import BodySizeLimit
+from crm.web.limits import BodySizeLimit, NoStore
 from crm.web.pages import TEMPLATES, pages_router
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
 def install_admin(app: FastAPI, settings: AdminSettings) -> None:
-    """Add /admin (pages), /admin/static and the /api CRM routes to `app`, with a body-size limit."""
+    """Add /admin (pages), /admin/static and the /api CRM routes to `app`, with a body-size limit and
+    `Cache-Control: no-store` on everything under /admin and /api/ but the static files."""
     auth = Authenticator(settings)
     app.include_router(pages_router(settings, auth))
     app.include_router(api_router(settings, auth))
     app.mount("/admin/static", StaticFiles(directory=STATIC_DIR), name="admin-static")
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, path_prefixes=("/admin", "/api/"))
+    app.add_middleware(NoStore, path_prefixes=("/admin", "/api/"), except_prefixes=("/admin/static/",))
 
     # Raised by the pages only; the API turns its own into 401/403 JSON.
     @app.exception_handler(NotAuthenticated)

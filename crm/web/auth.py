@@ -1,10 +1,15 @@
 """Staff sessions for the admin pages (signed cookie) and bearer tokens for the JSON API, plus CSRF.
 
-The session cookie is an itsdangerous-signed, timestamped {"uid", "csrf"} payload: nothing secret is in
-it, and the signature stops forgery. The staff row is read again on every request, so deactivating a
+The session cookie is an itsdangerous-signed, timestamped {"uid", "gen", "csrf"} payload: nothing secret
+is in it, and the signature stops forgery. The staff row is read again on every request, so deactivating a
 user locks them out at once. Forms carry the session's CSRF token; the login form, which has no session
 yet, uses a double-submit cookie. API calls authenticate with `Authorization: Bearer`, which a browser
 never attaches by itself, so the API needs no CSRF token.
+
+A signature alone cannot be taken back, so a copied cookie would outlive its owner's sign-out. Cookies
+and tokens therefore carry the member's session generation (crm.admin_users) and are refused once it has
+moved on. Signing out (page or API) bumps it: that ends all of the member's sessions and tokens, on every
+device, not only the one signing out; other members are untouched.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from fastapi import Request
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy.orm import Session, sessionmaker
 
-from crm.admin_users import StaffMember, load_staff
+from crm.admin_users import StaffMember, load_staff, revoke_sessions
 
 SESSION_COOKIE: Final = "sb_admin"
 LOGIN_CSRF_COOKIE: Final = "sb_login_csrf"
@@ -74,7 +79,9 @@ class Authenticator:
     # -- sessions for pages ---------------------------------------------------------------------------
 
     def session_cookie(self, staff: StaffMember) -> str:
-        return self._cookies.dumps({"uid": staff.id, "csrf": secrets.token_urlsafe(24)})
+        return self._cookies.dumps(
+            {"uid": staff.id, "gen": staff.session_generation, "csrf": secrets.token_urlsafe(24)}
+        )
 
     def page_session(self, request: Request) -> StaffSession:
         raw = request.cookies.get(SESSION_COOKIE)
@@ -84,7 +91,7 @@ class Authenticator:
             payload: dict[str, Any] = self._cookies.loads(raw, max_age=SESSION_MAX_AGE_S)
         except BadSignature as exc:  # includes SignatureExpired
             raise NotAuthenticated("session expired or invalid") from exc
-        staff = self._staff(payload.get("uid"))
+        staff = self._staff(payload)
         return StaffSession(staff=staff, csrf_token=str(payload.get("csrf", "")))
 
     def cookie_options(self) -> dict[str, Any]:
@@ -98,7 +105,7 @@ class Authenticator:
     # -- bearer tokens for the API --------------------------------------------------------------------
 
     def api_token(self, staff: StaffMember) -> str:
-        return self._tokens.dumps({"uid": staff.id})
+        return self._tokens.dumps({"uid": staff.id, "gen": staff.session_generation})
 
     def api_staff(self, request: Request) -> StaffMember:
         header = request.headers.get("authorization", "")
@@ -109,15 +116,25 @@ class Authenticator:
             payload: dict[str, Any] = self._tokens.loads(token.strip(), max_age=TOKEN_MAX_AGE_S)
         except BadSignature as exc:
             raise NotAuthenticated("token expired or invalid") from exc
-        return self._staff(payload.get("uid"))
+        return self._staff(payload)
 
-    def _staff(self, user_id: object) -> StaffMember:
-        if not isinstance(user_id, int):
-            raise NotAuthenticated("malformed session")
+    # -- signing out ----------------------------------------------------------------------------------
+
+    def revoke(self, staff: StaffMember) -> None:
+        """End every session and token of `staff` (see the module notes for why all of them)."""
+        revoke_sessions(self._settings.sessions(), staff.id, actor=staff.username)
+
+    def _staff(self, payload: dict[str, Any]) -> StaffMember:
+        user_id, generation = payload.get("uid"), payload.get("gen")
+        # Cookies from before session generations existed have no "gen": they cannot be revoked, so refuse.
+        if not isinstance(user_id, int) or not isinstance(generation, int):
+            raise NotAuthenticated("session expired or invalid")
         with self._settings.sessions()() as session:
             staff = load_staff(session, user_id)
         if staff is None:
             raise NotAuthenticated("account no longer active")
+        if staff.session_generation != generation:
+            raise NotAuthenticated("signed out: sign in again")
         return staff
 
 

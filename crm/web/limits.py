@@ -1,7 +1,11 @@
-"""A request-body size limit as plain ASGI middleware, for the admin pages and the JSON API.
+"""Plain ASGI middleware for the admin pages and the JSON API: a request-body size limit, and no caching.
 
 A declared Content-Length over the limit is refused before the body is read; a chunked body is counted
 as it streams and cut off once it passes the limit, so neither can make the server buffer megabytes.
+
+Staff pages and API answers are marked `Cache-Control: no-store` (RFC 9111): otherwise
+the browser's Back button, after signing out, would show the bookings and transcripts again from its
+cache, and a shared cache could keep them.
 """
 
 from __future__ import annotations
@@ -78,3 +82,28 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+class NoStore:
+    def __init__(
+        self, app: ASGIApp, *, path_prefixes: tuple[str, ...], except_prefixes: tuple[str, ...] = ()
+    ) -> None:
+        self._app = app
+        self._prefixes = path_prefixes
+        self._except = except_prefixes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = str(scope.get("path", ""))
+        if scope["type"] != "http" or not path.startswith(self._prefixes) or path.startswith(self._except):
+            await self._app(scope, receive, send)
+            return
+
+        async def marked_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [
+                    (name, value) for name, value in message.get("headers", []) if name != b"cache-control"
+                ]
+                message = {**message, "headers": [*headers, (b"cache-control", b"no-store")]}
+            await send(message)
+
+        await self._app(scope, receive, marked_send)

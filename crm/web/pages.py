@@ -17,6 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
 from crm.admin_users import authenticate
@@ -28,6 +29,7 @@ from crm.web.auth import (
     SESSION_MAX_AGE_S,
     AdminSettings,
     Authenticator,
+    NotAuthenticated,
     StaffSession,
     check_csrf,
     require_admin,
@@ -58,6 +60,23 @@ def _status_for(error: ToolError) -> int:
     if isinstance(error, InvalidRequest):
         return 400
     return 503
+
+
+def _day(text: str) -> dt.date | None:
+    try:
+        return dt.date.fromisoformat(text) if text else None
+    except ValueError as exc:
+        raise InvalidRequest(f"{text!r} is not a date (YYYY-MM-DD)") from exc
+
+
+def _page_size(text: str) -> int:
+    if not text:
+        return operations.PAGE_SIZE
+    if not (
+        text.isascii() and text.isdigit() and len(text) <= 6 and 1 <= int(text) <= operations.MAX_PAGE_SIZE
+    ):
+        raise InvalidRequest(f"a page holds 1 to {operations.MAX_PAGE_SIZE} bookings, not {text[:20]!r}")
+    return int(text)
 
 
 def _text(form: FormData, name: str) -> str:
@@ -119,9 +138,14 @@ def pages_router(settings: AdminSettings, auth: Authenticator) -> APIRouter:
 
     @router.post("/logout")
     async def logout(request: Request) -> Response:
-        await posted(request)
         response = RedirectResponse("/admin/login", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path="/admin")
+        try:
+            current, _ = await posted(request)
+        except NotAuthenticated:
+            return response  # already signed out (here or elsewhere): only the browser's copy is left
+        # Server side too: the cookie stops working wherever a copy of it is (see crm.web.auth).
+        await run_in_threadpool(auth.revoke, current.staff)
         return response
 
     # -- bookings -------------------------------------------------------------------------------------
@@ -138,27 +162,43 @@ def pages_router(settings: AdminSettings, auth: Authenticator) -> APIRouter:
         status: str = "",
         review: str = "",
         service: str = "",
+        after: str = "",
+        before: str = "",
+        limit: str = "",
     ) -> HTMLResponse:
         current = auth.page_session(request)
         chosen = {"day": day, "status": status, "review": review, "service": service}
         try:
             filters = operations.BookingFilter(
-                day=dt.date.fromisoformat(day) if day else None,
+                day=_day(day),
                 status=status or None,
                 needs_review={"yes": True, "no": False}.get(review),
                 service=service or None,
+                limit=_page_size(limit),
+                after=operations.BookingCursor.parse(after) if after else None,
+                before=operations.BookingCursor.parse(before) if before else None,
             )
-        except ValueError:
-            return error_page(request, current, InvalidRequest(f"{day!r} is not a date (YYYY-MM-DD)"))
         except ToolError as exc:
             return error_page(request, current, exc)
-        rows, services = run(lambda s: (operations.list_bookings(s, filters), operations.service_names(s)))
+        page, services = run(lambda s: (operations.list_bookings(s, filters), operations.service_names(s)))
+        # The filter form and the page links keep the filters and a chosen page size; empty ones are left
+        # out of the URLs.
+        chosen["limit"] = str(filters.limit) if limit else ""
+        kept = {name: value for name, value in chosen.items() if value}
+
+        def link(**position: str) -> str:
+            query = urlencode({**kept, **position})
+            return f"/admin/bookings?{query}" if query else "/admin/bookings"
+
         context = {
             "me": current,
-            "rows": rows,
+            "rows": page.rows,
             "services": services,
             "statuses": BOOKING_STATUSES,
             "chosen": chosen,
+            "previous_url": None if page.previous is None else link(before=str(page.previous)),
+            "next_url": None if page.next is None else link(after=str(page.next)),
+            "first_url": link() if after or before else None,
         }
         return render(request, "bookings.html", context)
 
