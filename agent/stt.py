@@ -57,8 +57,10 @@ SearchKind = Literal["ngram", "grammar"]
 # of the whole utterance when it ends. 1: the tree search alone, with wider beams, and a best-path search
 # over its lattice. Measured with bench/stt_wer.py (voices m8/m3/f2, phone path, November 2026): one pass
 # costs ~25 % less decoding CPU (real-time factor 0.067 -> 0.050) and ends an utterance in 7 ms instead of
-# 47 ms (median; every turn waits for it), for more errors: WER 6.9-8.0 % -> 8.6 % overall, 7.4-9.7 % ->
-# 7.8-9.3 % on the held-out phrasings, 2-8 % -> 6-14 % on the phrasings the model was built from.
+# 47 ms (median), for more errors: WER 6.9-8.0 % -> 8.6 % overall, 7.4-9.7 % -> 7.8-9.3 % on the held-out
+# phrasings, 2-8 % -> 6-14 % on the phrasings the model was built from. In `bench agent` the gain is
+# smaller: speech workers used ~15 % less CPU at 50 calls, and a turn is no sooner at low load, because
+# the session finalises the transcript during the hangover (speculation), which hides the second pass.
 Passes = Literal[1, 2]
 _Floats = npt.NDArray[np.float64]
 

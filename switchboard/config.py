@@ -141,8 +141,8 @@ class Settings(BaseSettings):
     whisper_compute_type: str = "int8"
     # pocketsphinx worker processes (it decodes holding the GIL); unset: one per core; 0: in-process.
     stt_processes: int | None = Field(None, ge=0, le=64)
-    # pocketsphinx decoding passes: 2 (default, fewer errors) or 1 (~25 % less CPU, 40 ms sooner per turn;
-    # figures in agent/stt.py).
+    # pocketsphinx decoding passes: 2 (default, fewer errors) or 1 (~15 % less speech-worker CPU under
+    # load, more errors; figures in agent/stt.py).
     stt_passes: int = Field(2, ge=1, le=2)
     # How often to check whether the CRM's vocabulary changed and rebuild the language model (s; 0: never).
     vocabulary_refresh_s: float = Field(60.0, ge=0)
