@@ -16,11 +16,16 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import re
+import warnings
 from collections import deque
 from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)  # audioop-lts replaces it on 3.13+
+    import audioop
 
 from agent import nlu
 
@@ -236,11 +241,13 @@ class HangoverPolicy:
 
 
 def frame_peak(pcm16: bytes) -> int:
-    """Peak absolute sample of a PCM16 frame."""
+    """Peak absolute sample of a PCM16 frame (native byte order, as everywhere in the audio path).
+
+    audioop, not numpy: 0.2 us against 4 us for a 20 ms frame, and this runs on every frame of every call.
+    """
     if not pcm16:
         return 0
-    samples = np.frombuffer(pcm16, dtype="<i2")
-    return int(np.max(np.abs(samples.astype(np.int32))))
+    return int(audioop.max(pcm16[: len(pcm16) - len(pcm16) % 2], 2))
 
 
 class EchoGate:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import array
 import math
 
+import numpy as np
 import pytest
 
 from agent.turn_taking import (
     Completeness,
     EchoGate,
     HangoverPolicy,
+    frame_peak,
     heard_text,
     is_backchannel,
     trim_leading_silence,
@@ -109,3 +111,14 @@ def test_trim_leading_silence_keeps_the_onset() -> None:
     trimmed = trim_leading_silence(quiet + speech)
     assert len(trimmed) < len(speech) + 64 and trimmed.endswith(speech)
     assert trim_leading_silence(quiet) == quiet  # all quiet: nothing to trim to
+
+
+@pytest.mark.parametrize(
+    "samples",
+    [[0, 0, 0], [1, -2, 3], [-32768, 5, 7], [32767, -32767], list(range(-200, 200, 3))],
+)
+def test_frame_peak_is_the_largest_magnitude(samples: list[int]) -> None:
+    pcm = np.array(samples, dtype="<i2").tobytes()
+    assert frame_peak(pcm) == max(abs(sample) for sample in samples)
+    assert frame_peak(pcm + b"\x7f") == frame_peak(pcm)  # a stray odd byte is not a sample
+    assert frame_peak(b"") == 0
