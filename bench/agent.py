@@ -74,6 +74,7 @@ from bench.agent_calls import (
     run_call,
     synthesize_scripts,
 )
+from bench.host import python_loop_ms
 from telephony.media import MediaClock, RtpPortPool
 from telephony.sip.ua import UserAgent
 
@@ -215,6 +216,7 @@ class RunResult:
     generator_cpu_s: float
     generator_tick_lateness_ms: list[float]
     load_average_before: float
+    host_python_loop_ms: float
     bookings_made: int | None = None
     arrivals: Arrivals = "spread"
 
@@ -267,6 +269,7 @@ async def _run_calls(
         )
 
     load_before = os.getloadavg()[0]
+    host_speed = python_loop_ms()
     clock.tick_log = []
     generator_before = _cpu_now()
     start = (time.monotonic(), server.cpu_seconds())
@@ -297,6 +300,7 @@ async def _run_calls(
         generator_cpu_s=generator_cpu,
         generator_tick_lateness_ms=[lateness * 1000 for lateness, _ in tick_log],
         load_average_before=load_before,
+        host_python_loop_ms=host_speed,
     )
 
 
@@ -431,6 +435,7 @@ def summarise(result: RunResult) -> dict[str, Any]:
         "bookings_made": result.bookings_made,
         "run_seconds": round(result.whole_run_s, 1),
         "load_average_before": round(result.load_average_before, 2),
+        "host_python_loop_ms": result.host_python_loop_ms,
         "generator_cpu_percent": round(100 * result.generator_cpu_s / result.whole_run_s, 1)
         if result.whole_run_s
         else None,

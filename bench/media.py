@@ -39,6 +39,7 @@ from typing import Any
 
 import webrtcvad
 
+from bench.host import python_loop_ms
 from bench.media_load import HOST, INTERVAL_S, generator_main
 from telephony.codecs import pcm16_to_ulaw
 from telephony.media import PCM_FRAME_BYTES, MediaClock, RtpPortPool, RtpStream
@@ -98,6 +99,7 @@ class MediaBenchResult:
     cpu_percent: float  # SUT process, 100 = one core
     cpu_us_per_call_tick: float  # SUT CPU per call per 20 ms: receive one packet, deliver a frame, send one
     load_average_before: float  # 1-minute load average: the bench machine is shared
+    host_python_loop_ms: float  # bench.host.python_loop_ms() before the run: the host is shared too
     generator_cpu_percent: float
     packets_to_sut: int
     packets_received_by_sut: int
@@ -233,6 +235,7 @@ def run_media_bench(
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             load_before = os.getloadavg()[0]
+            host_speed = python_loop_ms()
             sut, gen = runner.run(_run_sut(calls, seconds, warmup, parent, ports, shared_reader, phases))
     finally:
         generator.join(timeout=5)
@@ -249,6 +252,7 @@ def run_media_bench(
         cpu_percent=round(sut["cpu_percent"], 1),
         cpu_us_per_call_tick=round(sut["cpu_percent"] / 100 * INTERVAL_S * 1e6 / calls, 2),
         load_average_before=round(load_before, 2),
+        host_python_loop_ms=host_speed,
         generator_cpu_percent=round(gen["cpu_percent"], 1),
         packets_to_sut=gen["sent"],
         packets_received_by_sut=sut["received"],

@@ -125,6 +125,7 @@ def test_spread_arrivals_count_only_turns_while_every_call_was_up() -> None:
         generator_cpu_s=0.5,
         generator_tick_lateness_ms=[],
         load_average_before=0.0,
+        host_python_loop_ms=50.0,
     )
     spread = summarise(result)
     assert spread["turns"] == 3 and spread["turns_in_ramp"] == 3  # at 12, 10 and 14 s; not 1, 5, 25
