@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from pathlib import Path
 
@@ -404,3 +405,37 @@ def test_one_pass_decoding_meets_the_target_and_survives_batched_feeds(
     batched.start_utterance()
     batched.feed(audio)
     assert batched.end_utterance() == framewise.end_utterance() == line
+
+
+def test_a_rebuild_runs_outside_the_serving_process(
+    tmp_path: Path, speech_model: SpeechModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In the server's process a rebuild held the GIL in long stretches (a 20 ms event-loop timer ran up
+    to 290 ms late): it runs in a child process. A build in this process would fail here."""
+    cache = speech_model.files.language_model.parent
+    models = SpeechModels(DEMO_VOCABULARY, tmp_path / "speech", mapping_cache=cache)
+
+    def not_here(*args: object, **kwargs: object) -> SpeechModel:
+        raise AssertionError("the speech model was rebuilt in the serving process")
+
+    monkeypatch.setattr(SpeechModel, "build", not_here)
+    changed = dataclasses.replace(
+        DEMO_VOCABULARY, customer_names=(*DEMO_VOCABULARY.customer_names, "Svetlana Okafor")
+    )
+    assert models.refresh(changed)
+    assert "svetlana" in models.new_recognizer().transcribe(
+        phone_line("my name is svetlana okafor", EspeakSynthesizer(variant="f2"))
+    )
+
+
+def test_a_failed_rebuild_keeps_the_current_model(tmp_path: Path, speech_model: SpeechModel) -> None:
+    cache = speech_model.files.language_model.parent
+    models = SpeechModels(DEMO_VOCABULARY, tmp_path / "speech", mapping_cache=cache)
+    first = models.current
+    changed = dataclasses.replace(DEMO_VOCABULARY, services=(*DEMO_VOCABULARY.services, "detailing"))
+    # Where the rebuild will write its files, a file: the child cannot write the new model.
+    (tmp_path / "speech" / "models" / f"{changed.fingerprint()[:16]}-{os.getpid()}-2").write_text("")
+    with pytest.raises(SttError, match="cannot write the speech model"):
+        models.refresh(changed)
+    assert models.current is first
+    assert models.new_recognizer().transcribe(phone_line("yes", EspeakSynthesizer(variant="f2"))) == "yes"
