@@ -6,12 +6,13 @@ dialogue and synthesis run in worker threads so the event loop never waits on th
 
 How a turn ends quickly without cutting the caller off:
 1. While the caller speaks, each batch of audio is decoded and the partial transcript kept.
-2. When the caller pauses, the partial decides the hangover (`agent.turn_taking`): ~140 ms after a
+2. When the caller pauses, the words decide the hangover (`agent.turn_taking`): ~140 ms after a
    complete answer ("yes", "... at ten in the morning"), ~900 ms after "I'd like to book a".
 3. After a short pause (60 ms) on a turn that sounds finished, the transcript is finalised early and the
    reply worked out on a read-only copy of the dialogue and its first clause synthesised
-   (`agent.speculation`). If the caller goes on, all of that is dropped and decoding resumes over the
-   whole turn; if not, the prepared audio goes out the moment the hangover runs out.
+   (`agent.speculation`); that transcript, not the partial, sets the hangover the turn ends on. If the
+   caller goes on, all of that is dropped and decoding resumes over the whole turn; if not, the
+   prepared audio goes out the moment the hangover runs out.
 
 Barge-in: caller speech over the agent pauses playout at once (SIP: queue dropped; Twilio: `clear`). If it
 was a backchannel ("mm-hm", "okay") or a noise that is not speech, the reply resumes where it stopped;
