@@ -58,7 +58,13 @@ def test_analysis_with_nothing_received() -> None:
 
 @pytest.mark.skipif(not hasattr(select, "epoll"), reason="the benchmark's generator uses recvmmsg (Linux)")
 def test_short_run_accounts_for_every_packet() -> None:
-    result = run_media_bench(10, seconds=1.0, warmup=0.5, phases=2, ports=(56000, 56999))
+    # On a loaded machine (this runs beside the rest of the suite) the generator process can be starved
+    # for the whole 1 s window and measure no interval at all: such a run shows nothing either way, so it
+    # is run again, at most twice.
+    for _ in range(3):
+        result = run_media_bench(10, seconds=1.0, warmup=0.5, phases=2, ports=(56000, 56999))
+        if not math.isnan(result.send_interval_error_p99_ms):
+            break
     assert result.calls == 10 and result.clock_phases == 2
     # The generator sends from 0.5 s after the start until the end of the window: 10 streams, 50 per second.
     assert 10 * 50 * 1.3 <= result.packets_to_sut <= 10 * 50 * 1.6
