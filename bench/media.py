@@ -173,12 +173,16 @@ async def _run_sut(
                     stream.play(speech)
             turn = (turn + 1) % 5
 
+    # The streams are long-lived: keep the collector from walking them during the run. The full collection
+    # comes before the generator starts: in a process with a large heap (a test worker that has run half
+    # the suite) it takes over a second, and at the start of the window it stopped the media clock for
+    # the whole of a short window.
+    gc.collect()
+    gc.freeze()
     talker = asyncio.create_task(keep_talking())
     start = time.monotonic() + 0.5
     conn.send((stream_ports, start, warmup, seconds, pcm16_to_ulaw(speech_like_pcm(0.02))))
     await asyncio.sleep(start + warmup - time.monotonic())
-    gc.collect()
-    gc.freeze()  # the streams are long-lived: keep the collector from walking them during the window
     cpu_before = _cpu_seconds()
     late_before = clock.late_ticks
     clock.tick_log = []

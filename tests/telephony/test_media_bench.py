@@ -58,22 +58,19 @@ def test_analysis_with_nothing_received() -> None:
 
 @pytest.mark.skipif(not hasattr(select, "epoll"), reason="the benchmark's generator uses recvmmsg (Linux)")
 def test_short_run_accounts_for_every_packet() -> None:
-    # On a loaded machine (this runs beside the rest of the suite) the generator process can be starved
-    # for the whole 1 s window and measure no interval at all: such a run shows nothing either way, so it
-    # is run again, at most twice.
-    for _ in range(3):
-        result = run_media_bench(10, seconds=1.0, warmup=0.5, phases=2, ports=(56000, 56999))
-        if not math.isnan(result.send_interval_error_p99_ms):
-            break
+    # This runs in a test worker with a large heap. The full garbage collection the bench makes comes
+    # before the generator starts: at the start of the window it stalled the media clock for as long as
+    # the window (over a second in a worker that has run half the suite), so the generator measured no
+    # interval at all.
+    result = run_media_bench(10, seconds=1.0, warmup=0.5, phases=2, ports=(56000, 56999))
     assert result.calls == 10 and result.clock_phases == 2
     # The generator sends from 0.5 s after the start until the end of the window: 10 streams, 50 per second.
     assert 10 * 50 * 1.3 <= result.packets_to_sut <= 10 * 50 * 1.6
     assert result.packets_received_by_sut == result.packets_to_sut and result.lost_to_sut == 0
     assert result.lost_from_sut == 0 and result.generator_socket_overflow == 0
-    # The SUT sends one packet per stream per tick. How many of them fall inside the generator's window
-    # depends on scheduling (a late tick sends one packet, not a burst; on a loaded 2-core machine the
-    # generator heard 520 of 750 and 760 of 1,080): what must hold is that it heard every stream's packets
-    # in sequence (lost_from_sut above) for at least half the 1 s window.
-    assert result.packets_received_by_generator >= 10 * 50 * 0.5
+    # The SUT sends one packet per stream per tick from before the start, in sequence (lost_from_sut
+    # above). A late tick sends one packet, not a burst, so on a loaded machine the generator hears a few
+    # less than it sent.
+    assert result.packets_received_by_generator >= result.packets_to_sut * 0.8
     assert result.frames_to_vad > 0.8 * result.packets_to_sut
     assert not math.isnan(result.send_interval_error_p99_ms)
