@@ -8,7 +8,8 @@ How a turn ends quickly without cutting the caller off:
 1. While the caller speaks, each batch of audio is decoded and the partial transcript kept.
 2. When the caller pauses, the words decide the hangover (`agent.turn_taking`): ~140 ms after a
    complete answer ("yes", "... at ten in the morning"), ~900 ms after "I'd like to book a".
-3. After a short pause (60 ms) on a turn that sounds finished, the transcript is finalised early and the
+3. During a pause in a turn that sounds finished (90 ms in, or 150 ms before the hangover runs out if
+   that is later: `HangoverPolicy.speculate_at_ms`), the transcript is finalised early and the
    reply worked out on a read-only copy of the dialogue and its first clause synthesised
    (`agent.speculation`); that transcript, not the partial, sets the hangover the turn ends on. If the
    caller goes on, all of that is dropped and decoding resumes over the whole turn; if not, the
@@ -373,10 +374,10 @@ class CallSession:
     def _maybe_speculate(self) -> None:
         if self._speculating or self.state is not CallState.LISTENING:
             return  # only while the dialogue is idle: a copy is taken of it
-        silence = self._endpointer.trailing_silence_ms
-        if silence < self._timings.hangovers.speculate_after_ms or not self._partial:
+        completeness = self._completeness[1]
+        if not self._partial or completeness is Completeness.UNFINISHED:
             return
-        if self._completeness[1] is Completeness.UNFINISHED:
+        if self._endpointer.trailing_silence_ms < self._timings.hangovers.speculate_at_ms(completeness):
             return
         self._speculating = True
         self._stt.put(_Speculate())
