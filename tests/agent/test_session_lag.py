@@ -8,6 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from agent.booking_flow import AgentReply
+from agent.engines import SpeechEngine
 from agent.session import CallSession, SessionTimings
 from agent.stt import Recognizer, SpeechModel
 from agent.transcript import TurnRecord
@@ -18,15 +19,20 @@ FRAME_BYTES = 320
 LAG_S = 1.0  # each feed of the recogniser takes this long, however much audio it carries
 
 
-class _LaggingRecognizer:
-    def __init__(self, inner: Recognizer) -> None:
+class _WrappedRecognizer:
+    """The real recogniser, each feed taking `lag_s` however much audio it carries, counting utterances."""
+
+    def __init__(self, inner: Recognizer, *, lag_s: float, starts: list[int]) -> None:
         self._inner = inner
+        self._lag_s = lag_s
+        self._starts = starts
 
     def start_utterance(self) -> None:
+        self._starts[0] += 1
         self._inner.start_utterance()
 
     def feed(self, pcm16_8k: bytes) -> None:
-        time.sleep(LAG_S)
+        time.sleep(self._lag_s)
         self._inner.feed(pcm16_8k)
 
     def partial(self) -> str:
@@ -36,12 +42,14 @@ class _LaggingRecognizer:
         return self._inner.end_utterance()
 
 
-class _LaggingEngine:
-    def __init__(self, model: SpeechModel) -> None:
+class _WrappedEngine:
+    def __init__(self, model: SpeechModel, *, lag_s: float = 0.0) -> None:
         self._model = model
+        self._lag_s = lag_s
+        self.starts = [0]  # utterances started, over all recognisers
 
-    def new_recognizer(self) -> _LaggingRecognizer:
-        return _LaggingRecognizer(self._model.new_recognizer())
+    def new_recognizer(self) -> _WrappedRecognizer:
+        return _WrappedRecognizer(self._model.new_recognizer(), lag_s=self._lag_s, starts=self.starts)
 
 
 class _Policy:
@@ -105,7 +113,7 @@ def test_a_lagging_recogniser_does_not_split_a_paused_sentence(speech_model: Spe
                 call_id="lagging",
                 transport=transport,
                 policy=policy,
-                speech_model=_LaggingEngine(speech_model),
+                speech_model=_WrappedEngine(speech_model, lag_s=LAG_S),
                 synthesizer=voice,
                 transcript=_Transcript(),
                 executor=executor,
@@ -190,6 +198,29 @@ def _speak(
     return asyncio.ensure_future(call())
 
 
+def _answers(engine: SpeechEngine, voice: EspeakSynthesizer, audio: bytes) -> list[str]:
+    """What the dialogue heard from a call whose caller plays `audio` (real time) to a session on `engine`."""
+    policy = _Policy()
+    transport = _Transport()
+
+    async def call() -> None:
+        with ThreadPoolExecutor(4) as executor:
+            session = CallSession(
+                call_id="lag",
+                transport=transport,
+                policy=policy,
+                speech_model=engine,
+                synthesizer=voice,
+                transcript=_Transcript(),
+                executor=executor,
+                timings=SessionTimings(reprompt_after_s=30.0),
+            )
+            await _speak(session, transport, policy, audio)
+
+    asyncio.run(call())
+    return [text for _, text in policy.heard]
+
+
 def test_the_speculative_transcript_not_the_partial_decides_when_the_turn_ends(
     speech_model: SpeechModel,
 ) -> None:
@@ -199,55 +230,8 @@ def test_the_speculative_transcript_not_the_partial_decides_when_the_turn_ends(
     pause = bytes(int(0.45 * 8000) * 2)  # with the voice's own edges, ~600 ms of silence mid-sentence
     speech = phone_line("on tuesday at ten", voice) + pause + phone_line("in the morning", voice)
     audio = speech + bytes(int(2.0 * 8000) * 2)
-    policy = _Policy()
-    transport = _Transport()
-
-    async def call() -> None:
-        with ThreadPoolExecutor(4) as executor:
-            session = CallSession(
-                call_id="trailing",
-                transport=transport,
-                policy=policy,
-                speech_model=_TrailingEngine(speech_model, trail=20, end_s=0.3),
-                synthesizer=voice,
-                transcript=_Transcript(),
-                executor=executor,
-                timings=SessionTimings(reprompt_after_s=30.0),
-            )
-            await _speak(session, transport, policy, audio)
-
-    asyncio.run(call())
-    assert [text for _, text in policy.heard] == ["on tuesday at ten in the morning"]
-
-
-class _CountingRecognizer:
-    """The real recogniser, counting the utterances it is asked to decode."""
-
-    def __init__(self, inner: Recognizer, starts: list[int]) -> None:
-        self._inner = inner
-        self._starts = starts
-
-    def start_utterance(self) -> None:
-        self._starts[0] += 1
-        self._inner.start_utterance()
-
-    def feed(self, pcm16_8k: bytes) -> None:
-        self._inner.feed(pcm16_8k)
-
-    def partial(self) -> str:
-        return self._inner.partial()
-
-    def end_utterance(self) -> str:
-        return self._inner.end_utterance()
-
-
-class _CountingEngine:
-    def __init__(self, model: SpeechModel) -> None:
-        self._model = model
-        self.starts = [0]
-
-    def new_recognizer(self) -> _CountingRecognizer:
-        return _CountingRecognizer(self._model.new_recognizer(), self.starts)
+    heard = _answers(_TrailingEngine(speech_model, trail=20, end_s=0.3), voice, audio)
+    assert heard == ["on tuesday at ten in the morning"]
 
 
 def test_a_bare_time_is_not_finalised_early_in_a_pause_the_caller_talks_on_from(
@@ -260,24 +244,6 @@ def test_a_bare_time_is_not_finalised_early_in_a_pause_the_caller_talks_on_from(
     pause = bytes(int(0.3 * 8000) * 2)  # with the voice's own edges, ~500 ms of silence mid-sentence
     speech = phone_line("on tuesday at ten", voice) + pause + phone_line("in the morning", voice)
     audio = speech + bytes(int(1.5 * 8000) * 2)
-    policy = _Policy()
-    transport = _Transport()
-    engine = _CountingEngine(speech_model)
-
-    async def call() -> None:
-        with ThreadPoolExecutor(4) as executor:
-            session = CallSession(
-                call_id="bare-time",
-                transport=transport,
-                policy=policy,
-                speech_model=engine,
-                synthesizer=voice,
-                transcript=_Transcript(),
-                executor=executor,
-                timings=SessionTimings(reprompt_after_s=30.0),
-            )
-            await _speak(session, transport, policy, audio)
-
-    asyncio.run(call())
-    assert [text for _, text in policy.heard] == ["on tuesday at ten in the morning"]
+    engine = _WrappedEngine(speech_model)
+    assert _answers(engine, voice, audio) == ["on tuesday at ten in the morning"]
     assert engine.starts == [1]
