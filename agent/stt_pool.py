@@ -31,6 +31,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Final
 
+from agent.blas import limit_blas_threads
 from agent.engines import SpeechEngine, StreamingRecognizer
 from agent.stt import SttError
 
@@ -56,6 +57,7 @@ def _serve(
     if niceness:
         with contextlib.suppress(OSError):
             os.nice(niceness)
+    limit_blas_threads(1)  # this process is one of a worker per core; see agent/blas.py
     try:
         engine = engine_factory()
     except BaseException as exc:  # report any start-up failure to the parent, then exit
