@@ -30,6 +30,19 @@ class StreamingRecognizer(Protocol):
 
 
 @runtime_checkable
+class EconomyRecognizer(Protocol):
+    """A recogniser with a cheaper way to decode, which a speech worker that is falling behind starts new
+    utterances with (agent/stt_pool.py): a turn understood slightly less well beats one answered late."""
+
+    @property
+    def economy(self) -> bool:
+        """Whether the open (or last) utterance is decoded the cheaper way."""
+
+    def start_economy_utterance(self) -> None:
+        """As `StreamingRecognizer.start_utterance`, decoding the cheaper way."""
+
+
+@runtime_checkable
 class AsyncRecognizer(Protocol):
     """A recogniser the event loop can drive without a thread in between (one in a worker process, reached
     over a socket). The call session prefers these methods when a recogniser has them."""

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeVar
 
 from agent.booking_flow import AgentReply
-from agent.engines import AsyncRecognizer, SpeechEngine, StreamingRecognizer, Synthesizer
+from agent.engines import AsyncRecognizer, EconomyRecognizer, SpeechEngine, StreamingRecognizer, Synthesizer
 from agent.speculation import Speculation, adopt, speculate
 from agent.telemetry import TimedTools, TurnTelemetry
 from agent.transcript import TranscriptSink, TurnRecord
@@ -185,6 +185,7 @@ class CallerTurn:
     stt_ms: float | None = None
     endpoint_ms: float | None = None
     speech_ms: float = 0.0
+    stt_economy: bool = False  # decoded the cheaper way by a speech worker that was behind
 
 
 @dataclass(slots=True)
@@ -240,6 +241,7 @@ class CallSession:
         self._preroll: collections.deque[bytes] = collections.deque(maxlen=PREROLL_FRAMES)
         self._recognizer: StreamingRecognizer | None = None
         self._async_recognizer: AsyncRecognizer | None = None  # the same one, if the loop can drive it
+        self._economy_recognizer: EconomyRecognizer | None = None  # the same one, if it can decode cheaply
         self._stt = _SttInbox()
         self._events: asyncio.Queue[CallerTurn] = asyncio.Queue()
         self._pending: collections.deque[CallerTurn] = collections.deque()
@@ -506,7 +508,12 @@ class CallSession:
         loop = asyncio.get_running_loop()
         self._enter(CallState.THINKING)
         telemetry = TurnTelemetry(
-            self.call_id, turn.turn, kind=turn.kind, stt_ms=turn.stt_ms, endpoint_ms=turn.endpoint_ms
+            self.call_id,
+            turn.turn,
+            kind=turn.kind,
+            stt_ms=turn.stt_ms,
+            endpoint_ms=turn.endpoint_ms,
+            stt_economy=turn.stt_economy,
         )
         first_pcm: bytes | None = None
         reply: AgentReply | None = None
@@ -792,6 +799,7 @@ class CallSession:
                         stt_ms=stt_ms,
                         endpoint_ms=command.endpoint_ms,
                         speech_ms=command.speech_ms,
+                        stt_economy=self._economy_recognizer is not None and self._economy_recognizer.economy,
                     )
                 )
 
@@ -800,6 +808,7 @@ class CallSession:
         an isinstance check against a runtime protocol costs ~8 us, too much for every 20 ms feed."""
         self._recognizer = recognizer
         self._async_recognizer = recognizer if isinstance(recognizer, AsyncRecognizer) else None
+        self._economy_recognizer = recognizer if isinstance(recognizer, EconomyRecognizer) else None
 
     # The recogniser is looked up on every call: a failed one is replaced by `_restart_recognizer`.
     async def _stt_start(self) -> None:

@@ -67,6 +67,15 @@ SearchKind = Literal["ngram", "grammar"]
 # smaller: speech workers used ~15 % less CPU at 50 calls, and a turn is no sooner at low load, because
 # the session finalises the transcript during the hangover (speculation), which hides the second pass.
 Passes = Literal[1, 2]
+# Economy decoding: what a speech worker that is falling behind starts new utterances with (see
+# agent/stt_pool.py): one pass, and the 4 best Gaussians per codebook instead of 8 (evaluating Gaussians is
+# ~70 % of decoding). Measured with bench/stt_wer.py --economy (phone path, November 2026): real-time
+# factor 0.070 -> 0.043 on voices m3/f2 and 0.080 -> 0.047 on m8/m7/f4, ~40 % less CPU per utterance,
+# for WER 6.2 -> 7.0 % (m3/f2) and 12.9 -> 14.8 % (m8/m7/f4). Other cheap settings measured then cost more
+# accuracy for less gain: frame downsampling (ds 2) with one pass 0.050 / 9.1 % on m3/f2, and with topn 4
+# as well 0.043 / 12.1 %.
+_TOPN: Final = 8
+_ECONOMY_TOPN: Final = 4
 _Floats = npt.NDArray[np.float64]
 
 _MODEL_RATE: Final = 16000
@@ -357,11 +366,12 @@ class _DecoderSettings:
     search: SearchKind
     passes: Passes = 2
 
-    def new_decoder(self) -> pocketsphinx.Decoder:
+    def new_decoder(self, *, economy: bool = False) -> pocketsphinx.Decoder:
+        """A decoder for one call; ``economy``: the cheaper settings a falling-behind worker switches to."""
         search: dict[str, object]
         if self.search == "grammar":
             search = {"jsgf": str(self.search_file)}
-        elif self.passes == 1:
+        elif self.passes == 1 or economy:
             search = {"lm": str(self.search_file), "fwdflat": False, "beam": 1e-60, "wbeam": 1e-48}
         else:
             search = {"lm": str(self.search_file)}
@@ -370,7 +380,8 @@ class _DecoderSettings:
                 hmm=str(self.acoustic_model),
                 dict=str(self.dictionary),
                 samprate=_MODEL_RATE,
-                topn=8,  # the estimated cepstra are noisier than real ones; more Gaussians per frame helps
+                # The estimated cepstra are noisier than real ones; more Gaussians per frame helps.
+                topn=_ECONOMY_TOPN if economy else _TOPN,
                 loglevel="FATAL",
                 **search,
             )
@@ -382,19 +393,62 @@ class _DecoderSettings:
 
 
 class Recognizer:
-    """One call's decoder. Not thread-safe: the call session drives it from one worker thread at a time."""
+    """One call's decoder. Not thread-safe: the call session drives it from one worker thread at a time.
 
-    def __init__(self, decoder: pocketsphinx.Decoder, mapping: PhoneBandMapping) -> None:
-        self._decoder = decoder
+    With ``economy_decoder`` (a factory), `start_economy_utterance` decodes an utterance on cheaper
+    settings. That second decoder is made the first time it is needed; the cepstral mean the call's audio
+    has adapted moves with each switch, so a switch loses nothing of the call's normalisation.
+    """
+
+    def __init__(
+        self,
+        decoder: pocketsphinx.Decoder,
+        mapping: PhoneBandMapping,
+        economy_decoder: Callable[[], pocketsphinx.Decoder] | None = None,
+    ) -> None:
+        self._full = decoder
+        self._decoder = decoder  # the one the open (or last) utterance uses
+        self._economy_factory = economy_decoder
+        self._economy: pocketsphinx.Decoder | None = None
         self._mapping = mapping
         self._cepstra = _CepstrumStream(mapping)
         self._in_utterance = False
         self._frames = 0  # cepstral frames decoded in this utterance
         self._partial = ("", -_PARTIAL_EVERY)  # the last partial and the frame count it was taken at
 
+    @property
+    def economy(self) -> bool:
+        """Whether the open (or last) utterance is decoded on the economy settings."""
+        return self._decoder is not self._full
+
+    def start_economy_utterance(self) -> None:
+        """As `start_utterance`, on the economy settings (~40 % less CPU, more errors; see the notes on
+        ``_ECONOMY_TOPN``). Without an economy decoder, the same as `start_utterance`."""
+        if self._in_utterance:
+            raise RuntimeError("start_utterance() while an utterance is open")
+        if self._economy_factory is not None:
+            if self._economy is None:
+                try:
+                    self._economy = self._economy_factory()
+                except SttError:
+                    log.exception("no economy decoder; decoding on the full settings")
+                    self._economy_factory = None
+            if self._economy is not None:
+                self._switch_to(self._economy)
+        self._start()
+
     def start_utterance(self) -> None:
         if self._in_utterance:
             raise RuntimeError("start_utterance() while an utterance is open")
+        self._switch_to(self._full)
+        self._start()
+
+    def _switch_to(self, decoder: pocketsphinx.Decoder) -> None:
+        if decoder is not self._decoder:
+            self.seed_cepstral_mean(self.cepstral_mean(), into=decoder)
+            self._decoder = decoder
+
+    def _start(self) -> None:
         self._cepstra = _CepstrumStream(self._mapping)  # utterances are separate stretches of audio
         self._frames = 0
         self._partial = ("", -_PARTIAL_EVERY)
@@ -448,9 +502,9 @@ class Recognizer:
         """The decoder's current cepstral mean (comma-separated), after the audio it has heard."""
         return str(self._decoder.get_cmn(False))
 
-    def seed_cepstral_mean(self, cmn: str) -> None:
+    def seed_cepstral_mean(self, cmn: str, *, into: pocketsphinx.Decoder | None = None) -> None:
         try:
-            self._decoder.set_cmn(cmn)
+            (into or self._decoder).set_cmn(cmn)
         except (RuntimeError, ValueError) as exc:
             raise SttError(f"pocketsphinx rejected the cepstral mean {cmn!r}: {exc}") from exc
 
@@ -549,9 +603,12 @@ class SpeechModel:
         warm-up clip in every new decoder costs ~0.5 s of CPU per call, so the clip is decoded once at
         build time and each decoder starts from the cepstral mean that left behind (same 6 %, ~25 ms).
         """
-        recognizer = Recognizer(self._settings.new_decoder(), self.mapping)
+        recognizer = Recognizer(self._settings.new_decoder(), self.mapping, self._new_economy_decoder)
         recognizer.seed_cepstral_mean(self._telephone_cmn)
         return recognizer
+
+    def _new_economy_decoder(self) -> pocketsphinx.Decoder:
+        return self._settings.new_decoder(economy=True)
 
 
 class SpeechModels:

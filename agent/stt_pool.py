@@ -13,6 +13,13 @@ Measured before it existed: a feed through a worker thread and the control pipe 
 server's CPU (thread hand-offs, lock, wake-ups), 45 % of a core for 40 callers speaking at once.
 The worker answers a final transcript ahead of the partials waiting with it: a caller waiting for a
 reply matters more than a partial.
+
+A worker that is falling behind sheds load: it measures the share of wall time it spends working (not
+waiting for requests), and while that is above ``economy_at`` (default 0.85) it starts new utterances on
+the recogniser's economy settings (`EconomyRecognizer`; for pocketsphinx ~40 % less CPU for a few points
+of WER), until it drops below ``economy_at - 0.15``. Without it, a worker past 100 % only queues: every
+call's turns get later and later (`bench agent` at 100 calls: p95 over 4 s). Each utterance's mode comes
+back with its start and is recorded in the turn's telemetry (``stt_economy``).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -28,16 +36,17 @@ import pickle
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Final
 
 from agent.blas import limit_blas_threads
-from agent.engines import SpeechEngine, StreamingRecognizer
+from agent.engines import EconomyRecognizer, SpeechEngine, StreamingRecognizer
 from agent.stt import SttError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PooledRecognizer", "RecognizerPool"]
+__all__ = ["BusyGauge", "EconomySwitch", "PooledRecognizer", "RecognizerPool"]
 
 _StreamRequest = tuple[int, str, int, Any]  # (request id, operation, recogniser id, argument)
 _READY: Final = "ready"
@@ -47,11 +56,69 @@ _FRAME: Final = struct.Struct("!I")  # stream frames: 4-byte big-endian length, 
 _FIRST: Final = frozenset({"end", "start"})  # answered ahead of feeds that arrived with them
 
 
+class BusyGauge:
+    """The share of wall time spent working, exponentially weighted with time constant ``time_constant_s``.
+
+    `working()` and `waiting()` mark where the owner's time goes from now on; `load()` includes the
+    stretch under way. Preemption counts as working: a worker that is runnable but off the CPU is just
+    as far behind.
+    """
+
+    def __init__(self, time_constant_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        if time_constant_s <= 0:
+            raise ValueError("the time constant must be positive")
+        self._tau = time_constant_s
+        self._clock = clock
+        self._since = clock()
+        self._busy = False
+        self._load = 0.0
+
+    def working(self) -> None:
+        self._settle(busy=True)
+
+    def waiting(self) -> None:
+        self._settle(busy=False)
+
+    def load(self) -> float:
+        return self._fold(self._clock() - self._since)
+
+    def _fold(self, elapsed: float) -> float:
+        keep = math.exp(-max(0.0, elapsed) / self._tau)
+        return self._load * keep + (1.0 - keep) * (1.0 if self._busy else 0.0)
+
+    def _settle(self, *, busy: bool) -> None:
+        now = self._clock()
+        self._load = self._fold(now - self._since)
+        self._since = now
+        self._busy = busy
+
+
+class EconomySwitch:
+    """Economy decoding on at ``on_at`` load and off again below ``on_at - margin`` (no flapping)."""
+
+    def __init__(self, on_at: float | None, margin: float = 0.15) -> None:
+        if on_at is not None and not 0.0 < on_at <= 1.0:
+            raise ValueError(f"economy_at must be in (0, 1] or None, got {on_at}")
+        self._on_at = on_at
+        self._off_below = (on_at or 0.0) - margin
+        self.on = False
+
+    def update(self, load: float) -> bool:
+        if self._on_at is None:
+            return False
+        if self.on and load < self._off_below:
+            self.on = False
+        elif not self.on and load >= self._on_at:
+            self.on = True
+        return self.on
+
+
 def _serve(
     engine_factory: Callable[[], SpeechEngine],
     connection: multiprocessing.connection.Connection,
     stream: socket.socket,
     niceness: int,
+    economy_at: float | None = None,
 ) -> None:
     """Worker process: build the engine once, then answer both channels until the control pipe closes."""
     if niceness:
@@ -66,8 +133,13 @@ def _serve(
     connection.send(("ok", _READY))
     recognizers: dict[int, StreamingRecognizer] = {}
     inbox = bytearray()
+    gauge = BusyGauge()
+    economy = EconomySwitch(economy_at)
     while True:
-        for ready in multiprocessing.connection.wait([connection, stream]):
+        gauge.waiting()
+        ready_now = multiprocessing.connection.wait([connection, stream])
+        gauge.working()
+        for ready in ready_now:
             if ready is connection:
                 try:
                     operation, ident, argument = connection.recv()
@@ -77,7 +149,7 @@ def _serve(
                     engine = argument
                     connection.send(("ok", None))
                 else:
-                    connection.send(_perform(engine, recognizers, operation, ident, argument))
+                    connection.send(_perform(engine, recognizers, operation, ident, argument, economy.on))
             else:
                 try:
                     data = stream.recv(1 << 18)
@@ -97,7 +169,9 @@ def _serve(
                 # Finals first; a call has one request in flight, so no call's requests are reordered.
                 requests.sort(key=lambda request: request[1] not in _FIRST)
                 for request_id, operation, ident, argument in requests:
-                    reply = _perform(engine, recognizers, operation, ident, argument)
+                    if operation == "start":
+                        economy.update(gauge.load())
+                    reply = _perform(engine, recognizers, operation, ident, argument, economy.on)
                     payload = pickle.dumps((request_id, *reply), protocol=pickle.HIGHEST_PROTOCOL)
                     stream.sendall(_FRAME.pack(len(payload)) + payload)
 
@@ -108,7 +182,10 @@ def _perform(
     operation: str,
     ident: int,
     argument: Any,
+    economy: bool = False,
 ) -> tuple[str, Any]:
+    """One request. "start" answers whether the utterance decodes the economy way: when the caller asked
+    for it (``argument`` true) or the worker is behind (``economy``), and the recogniser has one."""
     try:
         result: Any = None
         if operation == "new":
@@ -118,7 +195,15 @@ def _perform(
         else:
             recognizer = recognizers[ident]
             if operation == "start":
-                recognizer.start_utterance()
+                if isinstance(recognizer, EconomyRecognizer):
+                    if economy or argument:
+                        recognizer.start_economy_utterance()
+                    else:
+                        recognizer.start_utterance()
+                    result = recognizer.economy
+                else:
+                    recognizer.start_utterance()
+                    result = False
             elif operation == "feed":
                 recognizer.feed(argument)
                 result = recognizer.partial()
@@ -255,12 +340,20 @@ class _Stream:
 
 class _Worker:
     def __init__(
-        self, context: Any, engine_factory: Callable[[], SpeechEngine], name: str, niceness: int
+        self,
+        context: Any,
+        engine_factory: Callable[[], SpeechEngine],
+        name: str,
+        niceness: int,
+        economy_at: float | None,
     ) -> None:
         parent, child = context.Pipe()
         parent_stream, child_stream = socket.socketpair()
         self.process = context.Process(
-            target=_serve, args=(engine_factory, child, child_stream, niceness), name=name, daemon=True
+            target=_serve,
+            args=(engine_factory, child, child_stream, niceness, economy_at),
+            name=name,
+            daemon=True,
         )
         self.process.start()
         child.close()
@@ -304,12 +397,23 @@ class PooledRecognizer:
         self._ident = ident
         self._partial = ""
         self._closed = False
+        self._economy = False
         worker.call("new", ident)
         worker.live += 1
 
+    @property
+    def economy(self) -> bool:
+        """Whether the open (or last) utterance decodes the economy way (asked for, or the worker behind)."""
+        return self._economy
+
     def start_utterance(self) -> None:
+        """Begin an utterance; a worker that is falling behind decodes it the economy way (module notes)."""
         self._partial = ""
-        self._worker.call("start", self._ident)
+        self._economy = bool(self._worker.call("start", self._ident))
+
+    def start_economy_utterance(self) -> None:
+        self._partial = ""
+        self._economy = bool(self._worker.call("start", self._ident, True))
 
     def feed(self, pcm16_8k: bytes) -> None:
         if len(pcm16_8k) % 2:
@@ -326,7 +430,7 @@ class PooledRecognizer:
 
     async def start_utterance_async(self) -> None:
         self._partial = ""
-        await self._worker.stream.call("start", self._ident)
+        self._economy = bool(await self._worker.stream.call("start", self._ident))
 
     async def feed_async(self, pcm16_8k: bytes) -> str:
         """Decode more audio from the event loop; returns the partial transcript."""
@@ -358,6 +462,9 @@ class RecognizerPool:
     The workers run at `niceness` (default 5) below the server: when the cores are all busy, the event
     loop that paces every call's audio goes first and decoding takes the wait -- a turn answered a little
     later, rather than gaps in the audio of every call.
+
+    A worker busy for ``economy_at`` of its time (default 0.85; None: never) starts new utterances the
+    economy way until its load falls again (module notes).
     """
 
     def __init__(
@@ -367,13 +474,17 @@ class RecognizerPool:
         processes: int | None = None,
         start_timeout_s: float = 120.0,
         niceness: int = 5,
+        economy_at: float | None = 0.85,
     ) -> None:
         count = processes if processes is not None else max(1, os.cpu_count() or 1)
         if count < 1:
             raise ValueError("a recogniser pool needs at least one process")
+        EconomySwitch(economy_at)  # a bad threshold fails here, not in every worker
         # spawn, not fork: the server has threads (executor, database pools) a fork would copy mid-flight.
         context = multiprocessing.get_context("spawn")
-        self._workers = [_Worker(context, engine_factory, f"stt-{index}", niceness) for index in range(count)]
+        self._workers = [
+            _Worker(context, engine_factory, f"stt-{index}", niceness, economy_at) for index in range(count)
+        ]
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         try:

@@ -2,6 +2,7 @@
 
 Fields (all milliseconds unless said otherwise):
 - stt_ms: end of caller speech (last voiced frame) -> final transcript
+- stt_economy: the transcript was decoded the cheaper way, by a speech worker that was falling behind
 - endpoint_ms: end of caller speech -> the endpointer declared the turn over (the hangover used)
 - tool_ms: time spent in CRM tools while working out the reply
 - llm_ms: time spent waiting for the language model (0 when the deterministic policy answered)
@@ -33,6 +34,7 @@ class TurnTelemetry:
     kind: str = "utterance"  # utterance | dtmf | silence | greeting
     stt_ms: float | None = None
     endpoint_ms: float | None = None
+    stt_economy: bool = False
     tool_ms: float = 0.0
     llm_ms: float = 0.0
     tts_first_audio_ms: float | None = None

@@ -25,6 +25,8 @@ Everything is measured at the caller from the audio, never from the server's own
 * CPU per call: the server process's user + system time (/proc/<pid>/stat) while all N calls were up
   (from the last answer to the first hang-up; the whole run when those do not overlap), divided by N.
 * dropped calls: calls that failed to set up, ended before the script did, or got no reply in time.
+* economy decoding: the one figure read from the server's log (its turn telemetry), the share of caller
+  utterances a speech worker decoded on cheaper settings because it was behind (agent/stt_pool.py).
 
 The load generator stays light: caller audio is synthesised once before the calls, speech is detected by
 energy alone (no recognition). One unmeasured warm-up call goes first. The generator reports its own CPU
@@ -187,6 +189,27 @@ class ServerProcess:
         except OSError:
             return ""
 
+    def utterances_decoded(self) -> tuple[int, int] | None:
+        """(caller utterances, those a speech worker decoded the economy way because it was behind), from
+        the turn telemetry in the server's log; None if unreadable."""
+        total = economy = 0
+        try:
+            with self.log_path.open(encoding="utf-8", errors="replace") as log:
+                for line in log:
+                    _, marker, record = line.partition("switchboard.telemetry: ")
+                    if not marker:
+                        continue
+                    try:
+                        fields = json.loads(record)
+                    except ValueError:
+                        continue
+                    if fields.get("kind") == "utterance":
+                        total += 1
+                        economy += bool(fields.get("stt_economy"))
+        except OSError:
+            return None
+        return total, economy
+
     def bookings_made(self) -> int | None:
         """Bookings the calls confirmed (the seed's own booking has no source call); None if unreadable.
 
@@ -218,6 +241,7 @@ class RunResult:
     load_average_before: float
     host_python_loop_ms: float
     bookings_made: int | None = None
+    utterances_decoded: tuple[int, int] | None = None  # (all, economy) over the whole run
     arrivals: Arrivals = "spread"
 
 
@@ -335,6 +359,7 @@ def run_agent_bench(
     finally:
         server.stop()
     result.bookings_made = server.bookings_made()
+    result.utterances_decoded = server.utterances_decoded()
     result.arrivals = arrivals
     return result
 
@@ -433,6 +458,12 @@ def summarise(result: RunResult) -> dict[str, Any]:
         "cpu_window_s": round(result.cpu_window_s, 1),
         "setup_ms": _spread([o.setup_ms for o in outcomes if o.setup_ms is not None], 0.5, 0.95),
         "bookings_made": result.bookings_made,
+        # Caller utterances (whole run) the speech workers decoded on their cheaper settings because they
+        # were behind (SWITCHBOARD_STT_ECONOMY_AT): fewer of them means better recognition.
+        "utterances_decoded": None if result.utterances_decoded is None else result.utterances_decoded[0],
+        "economy_decoded_percent": None
+        if not result.utterances_decoded or not result.utterances_decoded[0]
+        else round(100 * result.utterances_decoded[1] / result.utterances_decoded[0], 1),
         "run_seconds": round(result.whole_run_s, 1),
         "load_average_before": round(result.load_average_before, 2),
         "host_python_loop_ms": result.host_python_loop_ms,
@@ -463,7 +494,7 @@ def largest_meeting_target(summaries: Sequence[dict[str, Any]]) -> int | None:
 def format_table(summaries: Sequence[dict[str, Any]]) -> str:
     header = (
         f"{'calls':>5} {'arrivals':>8} {'drop':>4} {'turns':>5} {'p50':>6} {'p95':>6} {'p99':>6}  "
-        f"{'barge-in p50/p95/max':>20} {'cpu%/call':>9} {'premature':>9} {'gaps/min':>8}"
+        f"{'barge-in p50/p95/max':>20} {'cpu%/call':>9} {'premature':>9} {'gaps/min':>8} {'economy%':>8}"
     )
     rows = [header]
 
@@ -475,13 +506,16 @@ def format_table(summaries: Sequence[dict[str, Any]]) -> str:
         barge_text = f"{ms(barge['p50'])}/{ms(barge['p95'])}/{ms(barge['max'])}"
         cpu = s["server_cpu_percent_per_call"]
         gaps = s["audio_gaps_per_minute"]
+        economy = s.get("economy_decoded_percent")
         rows.append(
             f"{s['calls']:>5} {s['arrivals']:>8} {s['dropped_calls']:>4} {s['turns']:>5} "
             f"{ms(latency['p50']):>6} "
             f"{ms(latency['p95']):>6} {ms(latency['p99']):>6}  {barge_text:>20} "
             f"{'-' if cpu is None else f'{cpu:.1f}':>9} {s['premature_replies']:>9} "
-            f"{'-' if gaps is None else f'{gaps:.1f}':>8}"
+            f"{'-' if gaps is None else f'{gaps:.1f}':>8} "
+            f"{'-' if economy is None else f'{economy:.0f}':>8}"
         )
     best = largest_meeting_target(summaries)
     rows.append(f"latencies in ms; largest N with p95 <= {TARGET_P95_MS:.0f} ms: {best if best else 'none'}")
+    rows.append("economy%: caller utterances decoded the cheaper way by a speech worker that was behind")
     return "\n".join(rows)

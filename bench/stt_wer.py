@@ -7,6 +7,7 @@ would. Prints WER per voice and per sentence set, and timing / memory figures.
     .venv/bin/python bench/stt_wer.py                    # n-gram LM (the default search)
     .venv/bin/python bench/stt_wer.py --search grammar   # JSGF grammar, same audio
     .venv/bin/python bench/stt_wer.py --passes 1         # one decoding pass (SWITCHBOARD_STT_PASSES=1)
+    .venv/bin/python bench/stt_wer.py --economy          # what a speech worker that is behind decodes with
     .venv/bin/python bench/stt_wer.py --voices m3,f2,m7 --verbose
 """
 
@@ -44,9 +45,17 @@ def rss_kib() -> int:
 
 
 def recognise_framewise(
-    recognizer: Recognizer, pcm: bytes, feed_costs: list[float], end_costs: list[float]
+    recognizer: Recognizer,
+    pcm: bytes,
+    feed_costs: list[float],
+    end_costs: list[float],
+    *,
+    economy: bool = False,
 ) -> str:
-    recognizer.start_utterance()
+    if economy:
+        recognizer.start_economy_utterance()
+    else:
+        recognizer.start_utterance()
     for offset in range(0, len(pcm), FRAME_BYTES):
         started = time.perf_counter()
         recognizer.feed(pcm[offset : offset + FRAME_BYTES])
@@ -65,6 +74,9 @@ def main() -> None:
     parser.add_argument("--passes", type=int, choices=(1, 2), default=2, help="n-gram decoding passes")
     parser.add_argument("--smoothing", choices=("kneser_ney", "witten_bell"), default="kneser_ney")
     parser.add_argument("--voices", default="m3,f2", help="espeak-ng en-us variants to speak with")
+    parser.add_argument(
+        "--economy", action="store_true", help="the economy settings a speech worker that is behind uses"
+    )
     parser.add_argument("--verbose", action="store_true", help="print every misrecognised sentence")
     args = parser.parse_args()
 
@@ -91,7 +103,7 @@ def main() -> None:
         )
         build = time.perf_counter() - started
         print(
-            f"search={args.search} passes={args.passes} smoothing={args.smoothing} "
+            f"search={args.search} passes={args.passes} economy={args.economy} smoothing={args.smoothing} "
             f"sentences={model.files.sentence_count} "
             f"words={len(model.files.lexicon.pronunciations)} derived={list(model.files.lexicon.derived)}"
         )
@@ -126,7 +138,8 @@ def main() -> None:
                 for sentence in lines:
                     pcm = phone_line(sentence, voice)
                     audio_seconds += len(pcm) / 16000
-                    pairs.append((sentence, recognise_framewise(recognizer, pcm, feed_costs, end_costs)))
+                    heard = recognise_framewise(recognizer, pcm, feed_costs, end_costs, economy=args.economy)
+                    pairs.append((sentence, heard))
                 all_pairs.extend(pairs)
                 print(f"  voice en-us+{variant:7s} {label:15s} WER {word_error_rate(pairs):6.1%}")
                 if args.verbose:
@@ -136,7 +149,8 @@ def main() -> None:
             # The first utterance of a fresh recogniser, for every held-out line (warm-up check).
             for sentence in HELD_OUT_LINES[:8]:
                 fresh = model.new_recognizer()
-                first_pairs.append((sentence, fresh.transcribe(phone_line(sentence, voice))))
+                heard = recognise_framewise(fresh, phone_line(sentence, voice), [], [], economy=args.economy)
+                first_pairs.append((sentence, heard))
         print(
             f"WER overall {word_error_rate(all_pairs):.1%} over {len(all_pairs)} utterances; "
             f"first utterance of a fresh recogniser {word_error_rate(first_pairs):.1%}"

@@ -144,6 +144,9 @@ class Settings(BaseSettings):
     # pocketsphinx decoding passes: 2 (default, fewer errors) or 1 (~15 % less speech-worker CPU under
     # load, more errors; figures in agent/stt.py).
     stt_passes: int = Field(2, ge=1, le=2)
+    # A speech worker busy for this share of its time starts new utterances on cheaper settings (~40 % less
+    # CPU, a few points more WER; agent/stt_pool.py) until its load falls by 0.15; 0: never.
+    stt_economy_at: float = Field(0.85, ge=0, le=1)
     # How often to check whether the CRM's vocabulary changed and rebuild the language model (s; 0: never).
     vocabulary_refresh_s: float = Field(60.0, ge=0)
     tts: Literal["espeak", "piper"] = "espeak"

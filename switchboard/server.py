@@ -155,7 +155,11 @@ class Switchboard:
             if processes == 0:
                 return self.speech_models
             # pocketsphinx decodes holding the GIL: off the event loop's process, one worker per core.
-            return RecognizerPool(functools.partial(loaded, self.speech_models.current), processes=processes)
+            return RecognizerPool(
+                functools.partial(loaded, self.speech_models.current),
+                processes=processes,
+                economy_at=settings.stt_economy_at or None,
+            )
         except SttError as exc:
             raise StartupError(f"SWITCHBOARD_STT=pocketsphinx: {exc}") from exc
 

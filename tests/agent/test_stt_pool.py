@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from agent.stt import SpeechModel, SttError
-from agent.stt_pool import PooledRecognizer, RecognizerPool, loaded
+from agent.stt_pool import BusyGauge, EconomySwitch, PooledRecognizer, RecognizerPool, loaded
 from agent.tts import EspeakSynthesizer
 from tests.agent.conftest import phone_line
 
@@ -202,3 +203,99 @@ def test_a_busy_worker_decodes_on_its_own_thread_only(pool: RecognizerPool, audi
         recognizer.end_utterance()
     recognizer.close()
     assert _helper_thread_ticks(worker.process.pid) == before
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_busy_gauge_weights_recent_work_most() -> None:
+    clock = _Clock()
+    gauge = BusyGauge(time_constant_s=1.0, clock=clock)
+    assert gauge.load() == 0.0
+    gauge.working()
+    clock.now += 1.0
+    assert gauge.load() == pytest.approx(1 - math.exp(-1))  # the stretch under way counts
+    clock.now += 2.0
+    assert gauge.load() == pytest.approx(1 - math.exp(-3))
+    gauge.waiting()
+    clock.now += 2.0
+    assert gauge.load() == pytest.approx((1 - math.exp(-3)) * math.exp(-2))
+    # Working 90 % of every 100 ms settles near 0.9.
+    for _ in range(100):
+        gauge.working()
+        clock.now += 0.09
+        gauge.waiting()
+        clock.now += 0.01
+    assert gauge.load() == pytest.approx(0.9, abs=0.01)
+    with pytest.raises(ValueError):
+        BusyGauge(time_constant_s=0)
+
+
+def test_economy_turns_on_at_the_threshold_and_off_well_below_it() -> None:
+    switch = EconomySwitch(0.85)
+    assert [switch.update(load) for load in (0.5, 0.84, 0.85, 0.8, 0.71, 0.69, 0.8, 0.9)] == [
+        False,
+        False,
+        True,
+        True,  # no flapping just under the threshold
+        True,
+        False,
+        False,
+        True,
+    ]
+    never = EconomySwitch(None)
+    assert not never.update(1.0)
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="economy_at"):
+            EconomySwitch(bad)
+
+
+def test_a_worker_that_falls_behind_decodes_new_utterances_the_economy_way(
+    speech_model: SpeechModel, audio: list[bytes]
+) -> None:
+    """One worker kept busy by three calls' audio, sent faster than it decodes: a call that starts to
+    speak meanwhile is decoded the economy way (and understood); once the worker has caught up and waited
+    a while, new utterances are decoded in full again. Each start reports which it was."""
+    busy = RecognizerPool(functools.partial(loaded, speech_model), processes=1)
+    line = LINES[0]
+
+    async def scenario() -> tuple[bool, str, bool, bool]:
+        idle_start = busy.new_recognizer()
+        await idle_start.start_utterance_async()
+        first = idle_start.economy
+        await idle_start.end_utterance_async()
+        talkers = [busy.new_recognizer() for _ in range(3)]
+        for talker in talkers:
+            await talker.start_utterance_async()
+        speech = b"".join(audio) * 4  # ~20 s per call, some 4-8 s of decoding in all
+        backlog = [
+            asyncio.ensure_future(talker.feed_async(speech[offset : offset + 1600]))
+            for offset in range(0, len(speech), 1600)
+            for talker in talkers
+        ]
+        await asyncio.sleep(2.5)  # the worker has been busy all along
+        late = busy.new_recognizer()
+        await late.start_utterance_async()
+        during = late.economy
+        await late.feed_async(audio[0])
+        heard = await late.end_utterance_async()
+        await asyncio.gather(*backlog)
+        for talker in talkers:
+            await talker.end_utterance_async()
+        await asyncio.sleep(2.5)  # idle again
+        await late.start_utterance_async()
+        after = late.economy
+        await late.end_utterance_async()
+        return first, heard, during, after
+
+    try:
+        first, heard, during, after = asyncio.run(scenario())
+    finally:
+        busy.close()
+    assert (first, during, after) == (False, True, False)
+    assert heard == line

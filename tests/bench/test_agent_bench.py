@@ -62,6 +62,10 @@ def test_every_scripted_line_was_spoken_and_answered(report: dict[str, Any]) -> 
         assert [t["label"] for t in turns] == list(SCRIPT_LABELS)
         assert [t["line"] for t in turns] == list(range(len(SCRIPT_LABELS)))
     assert [line["label"] for line in report["script"]] == list(SCRIPT_LABELS)
+    # The server's turn telemetry saw the callers' utterances; two calls leave its speech workers far
+    # from the load at which they decode the cheaper way.
+    assert run["utterances_decoded"] >= CALLS * (len(SCRIPT_LABELS) - 1)
+    assert run["economy_decoded_percent"] == 0.0
 
 
 def test_latencies_are_measured_from_the_audio(report: dict[str, Any]) -> None:
