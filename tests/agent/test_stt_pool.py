@@ -272,13 +272,14 @@ def test_a_worker_that_falls_behind_decodes_new_utterances_the_economy_way(
         talkers = [busy.new_recognizer() for _ in range(3)]
         for talker in talkers:
             await talker.start_utterance_async()
-        speech = b"".join(audio) * 4  # ~20 s per call, some 4-8 s of decoding in all
+        speech = b"".join(audio) * 6  # ~30 s per call, some 6-10 s of decoding in all
         backlog = [
             asyncio.ensure_future(talker.feed_async(speech[offset : offset + 1600]))
             for offset in range(0, len(speech), 1600)
             for talker in talkers
         ]
-        await asyncio.sleep(2.5)  # the worker has been busy all along
+        await asyncio.sleep(2.5)  # the worker has been busy all along ...
+        assert not all(feed.done() for feed in backlog)  # ... and still is
         late = busy.new_recognizer()
         await late.start_utterance_async()
         during = late.economy
