@@ -78,7 +78,8 @@ def limit_blas_threads(count: int = 1) -> dict[str, int]:
         setter.argtypes = [ctypes.c_int]
         setter.restype = None
         setter(count)
-        result[path] = blas_threads().get(path, count)
+        threads = _thread_count(path)
+        result[path] = count if threads is None else threads
     return result
 
 
@@ -86,9 +87,16 @@ def blas_threads() -> dict[str, int]:
     """Each loaded OpenBLAS library and the number of threads it will use for a product."""
     result: dict[str, int] = {}
     for path in _loaded_openblas():
-        getter = _entry_point(path, _GETTERS)
-        if getter is not None:
-            getter.argtypes = []
-            getter.restype = ctypes.c_int
-            result[path] = int(getter())
+        threads = _thread_count(path)
+        if threads is not None:
+            result[path] = threads
     return result
+
+
+def _thread_count(path: str) -> int | None:
+    getter = _entry_point(path, _GETTERS)
+    if getter is None:
+        return None
+    getter.argtypes = []
+    getter.restype = ctypes.c_int
+    return int(getter())

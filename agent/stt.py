@@ -424,31 +424,24 @@ class Recognizer:
     def start_economy_utterance(self) -> None:
         """As `start_utterance`, on the economy settings (~40 % less CPU, more errors; see the notes on
         ``_ECONOMY_TOPN``). Without an economy decoder, the same as `start_utterance`."""
-        if self._in_utterance:
-            raise RuntimeError("start_utterance() while an utterance is open")
-        if self._economy_factory is not None:
-            if self._economy is None:
-                try:
-                    self._economy = self._economy_factory()
-                except SttError:
-                    log.exception("no economy decoder; decoding on the full settings")
-                    self._economy_factory = None
-            if self._economy is not None:
-                self._switch_to(self._economy)
-        self._start()
+        if self._economy is None and self._economy_factory is not None:
+            try:
+                self._economy = self._economy_factory()
+            except SttError:
+                log.exception("no economy decoder; decoding on the full settings")
+                self._economy_factory = None
+        self._start(self._economy if self._economy is not None else self._full)
 
     def start_utterance(self) -> None:
+        self._start(self._full)
+
+    def _start(self, decoder: pocketsphinx.Decoder) -> None:
+        """Open an utterance on `decoder`, handing it the cepstral mean when it was not the last one used."""
         if self._in_utterance:
             raise RuntimeError("start_utterance() while an utterance is open")
-        self._switch_to(self._full)
-        self._start()
-
-    def _switch_to(self, decoder: pocketsphinx.Decoder) -> None:
         if decoder is not self._decoder:
             self.seed_cepstral_mean(self.cepstral_mean(), into=decoder)
             self._decoder = decoder
-
-    def _start(self) -> None:
         self._cepstra = _CepstrumStream(self._mapping)  # utterances are separate stretches of audio
         self._frames = 0
         self._partial = ("", -_PARTIAL_EVERY)
