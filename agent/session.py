@@ -5,7 +5,8 @@ time; VAD, the echo gate and the endpoint decision run inline (microseconds), wh
 dialogue and synthesis run in worker threads so the event loop never waits on them.
 
 How a turn ends quickly without cutting the caller off:
-1. While the caller speaks, each batch of audio is decoded and the partial transcript kept.
+1. While the caller speaks, each batch of audio is decoded and the partial transcript kept (with a short
+   lead-in, and of a pause only its start: `agent.turn_taking.RecognitionFeed`).
 2. When the caller pauses, the words decide the hangover (`agent.turn_taking`): ~140 ms after a
    complete answer ("yes", "... at ten in the morning"), ~900 ms after "I'd like to book a".
 3. During a pause in a turn that sounds finished (90 ms in, or 150 ms before the hangover runs out if
@@ -48,6 +49,7 @@ from agent.turn_taking import (
     Completeness,
     EchoGate,
     HangoverPolicy,
+    RecognitionFeed,
     frame_peak,
     heard_text,
     is_backchannel,
@@ -60,7 +62,6 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 FRAME_BYTES: Final = 320  # 20 ms of 8 kHz PCM16
-PREROLL_FRAMES: Final = 15  # 300 ms kept before the VAD triggers, so word onsets reach the recogniser
 _CURRENT_WITHIN_FRAMES: Final = 8  # a partial lagging the audio by up to 160 ms is current, even mid-word
 
 
@@ -186,6 +187,7 @@ class CallerTurn:
     endpoint_ms: float | None = None
     speech_ms: float = 0.0
     stt_economy: bool = False  # decoded the cheaper way by a speech worker that was behind
+    stt_audio_ms: float = 0.0  # audio the recogniser decoded for the turn, decoded again after a resume
 
 
 @dataclass(slots=True)
@@ -238,7 +240,7 @@ class CallSession:
         self.state = CallState.GREETING
         self._endpointer = Endpointer(hangover_ms=timings.endpoint_hangover_ms)
         self._echo = EchoGate()
-        self._preroll: collections.deque[bytes] = collections.deque(maxlen=PREROLL_FRAMES)
+        self._feed = RecognitionFeed()
         self._recognizer: StreamingRecognizer | None = None
         self._async_recognizer: AsyncRecognizer | None = None  # the same one, if the loop can drive it
         self._economy_recognizer: EconomyRecognizer | None = None  # the same one, if it can decode cheaply
@@ -292,15 +294,18 @@ class CallSession:
             self._on_speech_started(event, frame)
             return
         if endpointer.in_speech:
-            if endpointer.trailing_silence_ms == 0 and self._speculating:
+            silence_ms = endpointer.trailing_silence_ms
+            if silence_ms == 0 and self._speculating:
                 self._undo_speculation()  # the caller went on after a pause
-            self._to_stt(frame)
+            for decoded in self._feed.in_speech(frame, silence_ms):
+                self._to_stt(decoded)
             self._maybe_speculate()
         elif isinstance(event, SpeechEnded):
-            self._to_stt(frame)
+            for decoded in self._feed.speech_ended(frame, endpointer.stream_ms - event.at_ms):
+                self._to_stt(decoded)
             self._end_turn(event)
         else:
-            self._preroll.append(frame)
+            self._feed.before_speech(frame)
 
     def _end_turn(self, event: SpeechEnded) -> None:
         silence_ms = self._endpointer.stream_ms - event.at_ms
@@ -327,10 +332,8 @@ class CallSession:
         self._tentative = None
         self._speculating = False
         self._drop_prepared()
-        for buffered in self._preroll:
-            self._to_stt(buffered)
-        self._preroll.clear()
-        self._to_stt(frame)
+        for decoded in self._feed.speech_started(frame):
+            self._to_stt(decoded)
         if self.state is CallState.SPEAKING and self._playout is not None:
             self._cut_playout()
 
@@ -514,6 +517,8 @@ class CallSession:
             stt_ms=turn.stt_ms,
             endpoint_ms=turn.endpoint_ms,
             stt_economy=turn.stt_economy,
+            speech_ms=turn.speech_ms if turn.kind == "utterance" else None,
+            stt_audio_ms=turn.stt_audio_ms if turn.kind == "utterance" else None,
         )
         first_pcm: bytes | None = None
         reply: AgentReply | None = None
@@ -729,6 +734,7 @@ class CallSession:
         tentative: str | None = None  # finalised early; later audio is kept, not decoded, unless resumed
         tentative_at = 0.0
         turn_audio: list[bytes] = []
+        decoded = 0  # bytes of the turn's audio fed to the recogniser, again after a resume
         while True:
             command = await self._stt.get()
             if isinstance(command, bytes):
@@ -742,6 +748,7 @@ class CallSession:
                     if not open_utterance:
                         await self._stt_start()
                         open_utterance = True
+                    decoded += len(audio)
                     self._partial = await self._stt_feed(audio)
                     self._frames_recognised += len(batch)
                 except Exception:
@@ -766,7 +773,9 @@ class CallSession:
                 tentative = None
                 try:
                     await self._stt_start()
-                    self._partial = await self._stt_feed(b"".join(turn_audio))
+                    audio = b"".join(turn_audio)
+                    decoded += len(audio)
+                    self._partial = await self._stt_feed(audio)
                     open_utterance = True
                 except Exception:
                     log.exception("call %s: speech recognition failed", self.call_id)
@@ -785,6 +794,7 @@ class CallSession:
                 open_utterance = False
                 tentative = None
                 turn_audio = []
+                decoded_ms, decoded = decoded / (FRAME_BYTES / 20), 0
                 text = text.strip()
                 stt_ms = max(0.0, (finished_at - command.speech_end_at) * 1000)
                 log.info("call %s: caller said %r (stt %.0f ms)", self.call_id, text, stt_ms)
@@ -800,6 +810,7 @@ class CallSession:
                         endpoint_ms=command.endpoint_ms,
                         speech_ms=command.speech_ms,
                         stt_economy=self._economy_recognizer is not None and self._economy_recognizer.economy,
+                        stt_audio_ms=decoded_ms,
                     )
                 )
 

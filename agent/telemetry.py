@@ -4,6 +4,9 @@ Fields (all milliseconds unless said otherwise):
 - stt_ms: end of caller speech (last voiced frame) -> final transcript
 - stt_economy: the transcript was decoded the cheaper way, by a speech worker that was falling behind
 - endpoint_ms: end of caller speech -> the endpointer declared the turn over (the hangover used)
+- speech_ms: the caller's turn, first to last voiced frame
+- stt_audio_ms: caller audio the recogniser decoded for the turn (lead-in and pauses included; audio
+  decoded again after an undone early finalisation counts twice): the recognition cost of the turn
 - tool_ms: time spent in CRM tools while working out the reply
 - llm_ms: time spent waiting for the language model (0 when the deterministic policy answered)
 - tts_first_audio_ms: synthesis time of the first clause
@@ -35,6 +38,8 @@ class TurnTelemetry:
     stt_ms: float | None = None
     endpoint_ms: float | None = None
     stt_economy: bool = False
+    speech_ms: float | None = None
+    stt_audio_ms: float | None = None
     tool_ms: float = 0.0
     llm_ms: float = 0.0
     tts_first_audio_ms: float | None = None

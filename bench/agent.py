@@ -25,8 +25,10 @@ Everything is measured at the caller from the audio, never from the server's own
 * CPU per call: the server process's user + system time (/proc/<pid>/stat) while all N calls were up
   (from the last answer to the first hang-up; the whole run when those do not overlap), divided by N.
 * dropped calls: calls that failed to set up, ended before the script did, or got no reply in time.
-* economy decoding: the one figure read from the server's log (its turn telemetry), the share of caller
-  utterances a speech worker decoded on cheaper settings because it was behind (agent/stt_pool.py).
+* recognition: from the server's log (its turn telemetry), the share of caller utterances a speech worker
+  decoded on cheaper settings because it was behind (agent/stt_pool.py), and the caller audio decoded
+  per second of caller speech (what recognition cost beyond the words); from its database, the word
+  error rate of what it heard each completed call's caller say against the script.
 
 The load generator stays light: caller audio is synthesised once before the calls, speech is detected by
 energy alone (no recognition). One unmeasured warm-up call goes first. The generator reports its own CPU
@@ -77,6 +79,7 @@ from bench.agent_calls import (
     synthesize_scripts,
 )
 from bench.host import python_loop_ms
+from bench.wer import word_error_rate
 from telephony.media import MediaClock, RtpPortPool
 from telephony.sip.ua import UserAgent
 
@@ -189,10 +192,10 @@ class ServerProcess:
         except OSError:
             return ""
 
-    def utterances_decoded(self) -> tuple[int, int] | None:
-        """(caller utterances, those a speech worker decoded the economy way because it was behind), from
-        the turn telemetry in the server's log; None if unreadable."""
-        total = economy = 0
+    def recognition(self) -> Recognition | None:
+        """What the speech workers decoded over the run, from the turn telemetry in the server's log; None
+        if unreadable."""
+        figures = Recognition()
         try:
             with self.log_path.open(encoding="utf-8", errors="replace") as log:
                 for line in log:
@@ -204,11 +207,10 @@ class ServerProcess:
                     except ValueError:
                         continue
                     if fields.get("kind") == "utterance":
-                        total += 1
-                        economy += bool(fields.get("stt_economy"))
+                        figures.add(fields)
         except OSError:
             return None
-        return total, economy
+        return figures
 
     def bookings_made(self) -> int | None:
         """Bookings the calls confirmed (the seed's own booking has no source call); None if unreadable.
@@ -223,6 +225,37 @@ class ServerProcess:
         except sqlite3.Error:
             return None
         return int(row[0])
+
+    def caller_transcripts(self) -> dict[str, str] | None:
+        """What the server heard each caller say, all turns of a call in order, by call id; None if
+        unreadable."""
+        heard: dict[str, list[str]] = {}
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{self.database}?mode=ro", uri=True)) as db:
+                rows = db.execute(
+                    "SELECT call_id, text FROM turns WHERE speaker = 'caller' ORDER BY call_id, \"index\""
+                ).fetchall()
+        except sqlite3.Error:
+            return None
+        for call_id, text in rows:
+            heard.setdefault(call_id, []).append(text)
+        return {call_id: " ".join(texts) for call_id, texts in heard.items()}
+
+
+@dataclass(slots=True)
+class Recognition:
+    """Caller utterances over a run and what decoding them took."""
+
+    utterances: int = 0
+    economy: int = 0  # decoded the cheaper way by a speech worker that was behind
+    speech_ms: float = 0.0  # the callers' turns, first to last voiced frame
+    decoded_ms: float = 0.0  # audio the recognisers decoded for them (lead-in, pauses, re-decoding)
+
+    def add(self, fields: dict[str, Any]) -> None:
+        self.utterances += 1
+        self.economy += bool(fields.get("stt_economy"))
+        self.speech_ms += float(fields.get("speech_ms") or 0.0)
+        self.decoded_ms += float(fields.get("stt_audio_ms") or 0.0)
 
 
 # --- a run at one N ------------------------------------------------------------------------------------
@@ -241,7 +274,8 @@ class RunResult:
     load_average_before: float
     host_python_loop_ms: float
     bookings_made: int | None = None
-    utterances_decoded: tuple[int, int] | None = None  # (all, economy) over the whole run
+    recognition: Recognition | None = None  # over the whole run
+    heard: dict[str, str] | None = None  # every caller's turns as the server transcribed them, by call id
     arrivals: Arrivals = "spread"
 
 
@@ -359,7 +393,8 @@ def run_agent_bench(
     finally:
         server.stop()
     result.bookings_made = server.bookings_made()
-    result.utterances_decoded = server.utterances_decoded()
+    result.recognition = server.recognition()
+    result.heard = server.caller_transcripts()
     result.arrivals = arrivals
     return result
 
@@ -397,6 +432,11 @@ def _spread(values: Sequence[float], *fractions: float) -> dict[str, float | int
 def summarise(result: RunResult) -> dict[str, Any]:
     outcomes = result.outcomes
     every_turn = [turn for outcome in outcomes for turn in outcome.turns]
+    recognition = result.recognition
+    # What the server's recogniser made of each completed call's lines, the way it decoded them under this
+    # load (economy decoding included): the words a caller says that the agent does not get.
+    heard = result.heard or {}
+    transcribed = [(o.said, heard.get(o.call_id, "")) for o in outcomes if o.call_id and not o.dropped]
     # The turns begun while all calls were up; the rest (the ramp up and down of spread arrivals) apart.
     low, high = result.window
     if result.arrivals == "lockstep":
@@ -460,10 +500,18 @@ def summarise(result: RunResult) -> dict[str, Any]:
         "bookings_made": result.bookings_made,
         # Caller utterances (whole run) the speech workers decoded on their cheaper settings because they
         # were behind (SWITCHBOARD_STT_ECONOMY_AT): fewer of them means better recognition.
-        "utterances_decoded": None if result.utterances_decoded is None else result.utterances_decoded[0],
+        "utterances_decoded": None if recognition is None else recognition.utterances,
         "economy_decoded_percent": None
-        if not result.utterances_decoded or not result.utterances_decoded[0]
-        else round(100 * result.utterances_decoded[1] / result.utterances_decoded[0], 1),
+        if not recognition or not recognition.utterances
+        else round(100 * recognition.economy / recognition.utterances, 1),
+        # Audio decoded per second of caller speech: the lead-in before each turn, its pauses and
+        # hangover, and turns decoded again after an undone early finalisation make it more than 1.
+        "caller_wer_percent": round(100 * word_error_rate(transcribed), 1)
+        if transcribed and result.heard is not None
+        else None,
+        "decoded_audio_per_speech": None
+        if not recognition or not recognition.speech_ms
+        else round(recognition.decoded_ms / recognition.speech_ms, 2),
         "run_seconds": round(result.whole_run_s, 1),
         "load_average_before": round(result.load_average_before, 2),
         "host_python_loop_ms": result.host_python_loop_ms,
@@ -494,7 +542,8 @@ def largest_meeting_target(summaries: Sequence[dict[str, Any]]) -> int | None:
 def format_table(summaries: Sequence[dict[str, Any]]) -> str:
     header = (
         f"{'calls':>5} {'arrivals':>8} {'drop':>4} {'turns':>5} {'p50':>6} {'p95':>6} {'p99':>6}  "
-        f"{'barge-in p50/p95/max':>20} {'cpu%/call':>9} {'premature':>9} {'gaps/min':>8} {'economy%':>8}"
+        f"{'barge-in p50/p95/max':>20} {'cpu%/call':>9} {'premature':>9} {'gaps/min':>8} {'economy%':>8} "
+        f"{'decoded':>7} {'wer%':>5}"
     )
     rows = [header]
 
@@ -507,15 +556,21 @@ def format_table(summaries: Sequence[dict[str, Any]]) -> str:
         cpu = s["server_cpu_percent_per_call"]
         gaps = s["audio_gaps_per_minute"]
         economy = s.get("economy_decoded_percent")
+        decoded = s.get("decoded_audio_per_speech")
+        wer = s.get("caller_wer_percent")
         rows.append(
             f"{s['calls']:>5} {s['arrivals']:>8} {s['dropped_calls']:>4} {s['turns']:>5} "
             f"{ms(latency['p50']):>6} "
             f"{ms(latency['p95']):>6} {ms(latency['p99']):>6}  {barge_text:>20} "
             f"{'-' if cpu is None else f'{cpu:.1f}':>9} {s['premature_replies']:>9} "
             f"{'-' if gaps is None else f'{gaps:.1f}':>8} "
-            f"{'-' if economy is None else f'{economy:.0f}':>8}"
+            f"{'-' if economy is None else f'{economy:.0f}':>8} "
+            f"{'-' if decoded is None else f'{decoded:.2f}':>7} "
+            f"{'-' if wer is None else f'{wer:.1f}':>5}"
         )
     best = largest_meeting_target(summaries)
     rows.append(f"latencies in ms; largest N with p95 <= {TARGET_P95_MS:.0f} ms: {best if best else 'none'}")
     rows.append("economy%: caller utterances decoded the cheaper way by a speech worker that was behind")
+    rows.append("decoded: caller audio the recognisers decoded per second of caller speech")
+    rows.append("wer%: word error rate of the server's transcripts of the callers' lines")
     return "\n".join(rows)

@@ -279,6 +279,8 @@ class TurnMeasure:
 @dataclass(slots=True)
 class CallOutcome:
     index: int
+    call_id: str | None = None  # SIP Call-ID, once set up
+    said: str = ""  # the caller's lines, words only
     dropped: str | None = None  # "setup", "ended_early", "no_reply"
     dropped_at_line: str | None = None
     setup_ms: float | None = None
@@ -330,7 +332,7 @@ async def run_call(
 ) -> CallOutcome:
     """One caller through its script; `on_answered` / `on_ended` mark when it was up (for the CPU
     window)."""
-    outcome = CallOutcome(index)
+    outcome = CallOutcome(index, said=" ".join(" ".join(line.parts) for line in script.lines))
     started = time.monotonic()
     try:
         call = await asyncio.wait_for(
@@ -340,6 +342,7 @@ async def run_call(
         outcome.dropped = "setup"
         return outcome
     on_answered()
+    outcome.call_id = call.call_id
     outcome.setup_ms = round((time.monotonic() - started) * 1000, 1)
     agent = AgentAudio()
     tap_packets(call, agent)

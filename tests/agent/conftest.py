@@ -6,7 +6,7 @@ The evaluation sentences live here too so that bench/stt_wer.py measures exactly
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Final
 
 import pytest
@@ -107,27 +107,13 @@ _PAD_MS: Final = 150
 def phone_line(text: str, synthesizer: EspeakSynthesizer) -> bytes:
     """``text`` as a caller's audio reaches us: 8 kHz, G.711 mu-law encoded and decoded, with the short
     silences a VAD leaves around an utterance."""
+    return phone_path(synthesizer.synthesize_8k(text))
+
+
+def phone_path(speech: bytes) -> bytes:
+    """8 kHz PCM16 `speech` as it reaches us (see `phone_line`)."""
     pad = bytes(_PAD_MS * 8 * 2)
-    pcm = pad + synthesizer.synthesize_8k(text) + pad
-    return audioop.ulaw2lin(audioop.lin2ulaw(pcm, 2), 2)
-
-
-def word_errors(reference: str, hypothesis: str) -> int:
-    """Word-level Levenshtein distance (substitutions + insertions + deletions)."""
-    ref, hyp = reference.split(), hypothesis.split()
-    previous = list(range(len(hyp) + 1))
-    for i, ref_word in enumerate(ref, 1):
-        current = [i]
-        for j, hyp_word in enumerate(hyp, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ref_word != hyp_word)))
-        previous = current
-    return previous[-1]
-
-
-def word_error_rate(pairs: Sequence[tuple[str, str]]) -> float:
-    """Corpus WER over (reference, hypothesis) pairs."""
-    errors = sum(word_errors(ref, hyp) for ref, hyp in pairs)
-    return errors / max(1, sum(len(ref.split()) for ref, _ in pairs))
+    return audioop.ulaw2lin(audioop.lin2ulaw(pad + speech + pad, 2), 2)
 
 
 @pytest.fixture(scope="session")

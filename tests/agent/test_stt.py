@@ -28,6 +28,7 @@ from agent.lm import (
 from agent.stt import Recognizer, SpeechModel, SpeechModels, SttError
 from agent.tts import EspeakSynthesizer
 from agent.vocabulary import DomainVocabulary
+from bench.wer import word_error_rate
 
 from .conftest import (
     CALLER_LINES,
@@ -35,7 +36,6 @@ from .conftest import (
     HELD_OUT_LINES,
     TEST_VOICES,
     phone_line,
-    word_error_rate,
 )
 
 CMUDICT = Path(pocketsphinx.get_model_path("en-us/cmudict-en-us.dict"))

@@ -13,6 +13,7 @@ from agent.turn_taking import (
     Completeness,
     EchoGate,
     HangoverPolicy,
+    RecognitionFeed,
     frame_peak,
     heard_text,
     is_backchannel,
@@ -122,3 +123,39 @@ def test_frame_peak_is_the_largest_magnitude(samples: list[int]) -> None:
     assert frame_peak(pcm) == max(abs(sample) for sample in samples)
     assert frame_peak(pcm + b"\x7f") == frame_peak(pcm)  # a stray odd byte is not a sample
     assert frame_peak(b"") == 0
+
+
+def _frame(index: int) -> bytes:
+    return index.to_bytes(4, "big") * 80  # a distinct 20 ms frame (320 bytes)
+
+
+def test_recognition_feed_decodes_a_short_lead_in_the_speech_and_only_the_start_of_a_pause() -> None:
+    feed = RecognitionFeed(lead_in_frames=3, pause_decoded_ms=60, resume_lead_frames=2)
+    decoded: list[bytes] = []
+    for index in range(10):  # silence before the caller speaks
+        feed.before_speech(_frame(index))
+    decoded += feed.speech_started(_frame(10))
+    assert decoded == [_frame(7), _frame(8), _frame(9), _frame(10)]
+    decoded += feed.in_speech(_frame(11), 0)
+    for index, silence_ms in zip(range(12, 20), range(20, 180, 20), strict=True):  # a 160 ms pause
+        decoded += feed.in_speech(_frame(index), silence_ms)
+    assert decoded[-4:] == [_frame(11), _frame(12), _frame(13), _frame(14)]  # up to 60 ms of it
+    resumed = feed.in_speech(_frame(20), 0)
+    assert resumed == [_frame(18), _frame(19), _frame(20)]  # with the last 40 ms of the pause
+    assert feed.speech_ended(_frame(21), 20) == [_frame(21)]
+
+
+def test_recognition_feed_drops_a_long_hangover_and_a_pause_the_caller_never_ends() -> None:
+    feed = RecognitionFeed(lead_in_frames=2, pause_decoded_ms=40, resume_lead_frames=3)
+    assert feed.speech_started(_frame(0)) == [_frame(0)]  # nothing before: no lead-in
+    assert feed.in_speech(_frame(1), 60) == []
+    assert feed.speech_ended(_frame(2), 80) == []
+    # The held end of that pause does not leak into the next turn.
+    feed.before_speech(_frame(3))
+    assert feed.speech_started(_frame(4)) == [_frame(3), _frame(4)]
+    assert feed.in_speech(_frame(5), 0) == [_frame(5)]
+
+
+def test_recognition_feed_rejects_negative_sizes() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        RecognitionFeed(pause_decoded_ms=-20)
