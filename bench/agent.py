@@ -217,29 +217,31 @@ class ServerProcess:
 
         Not a latency figure, but it shows whether the dialogues went where the script meant them to.
         """
-        try:
-            with contextlib.closing(sqlite3.connect(f"file:{self.database}?mode=ro", uri=True)) as db:
-                row = db.execute(
-                    "SELECT count(*) FROM bookings WHERE source_call_id IS NOT NULL AND status = 'confirmed'"
-                ).fetchone()
-        except sqlite3.Error:
-            return None
-        return int(row[0])
+        rows = self._query(
+            "SELECT count(*) FROM bookings WHERE source_call_id IS NOT NULL AND status = 'confirmed'"
+        )
+        return None if rows is None else int(rows[0][0])
 
     def caller_transcripts(self) -> dict[str, str] | None:
         """What the server heard each caller say, all turns of a call in order, by call id; None if
         unreadable."""
-        heard: dict[str, list[str]] = {}
-        try:
-            with contextlib.closing(sqlite3.connect(f"file:{self.database}?mode=ro", uri=True)) as db:
-                rows = db.execute(
-                    "SELECT call_id, text FROM turns WHERE speaker = 'caller' ORDER BY call_id, \"index\""
-                ).fetchall()
-        except sqlite3.Error:
+        rows = self._query(
+            "SELECT call_id, text FROM turns WHERE speaker = 'caller' ORDER BY call_id, \"index\""
+        )
+        if rows is None:
             return None
+        heard: dict[str, list[str]] = {}
         for call_id, text in rows:
             heard.setdefault(call_id, []).append(text)
         return {call_id: " ".join(texts) for call_id, texts in heard.items()}
+
+    def _query(self, sql: str) -> list[Any] | None:
+        """Rows of a query on the server's database, opened read-only; None if unreadable."""
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{self.database}?mode=ro", uri=True)) as db:
+                return db.execute(sql).fetchall()
+        except sqlite3.Error:
+            return None
 
 
 @dataclass(slots=True)
