@@ -6,16 +6,22 @@ import datetime as dt
 import json
 import urllib.parse
 import urllib.request
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
+from crm.seed import BUSINESS_TIMEZONE
 from tests.e2e.conftest import RunningServer, run_test_call
 
 WEEKDAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
 
 
-def booking_day(today: dt.date) -> tuple[str, dt.date]:
-    """Tomorrow if the garage is open at 10 AM then (Mon-Sat), else the following Monday."""
+def booking_day(today: dt.date | None = None) -> tuple[str, dt.date]:
+    """Tomorrow if the garage is open at 10 AM then (Mon-Sat), else the following Monday. "Tomorrow" is
+    the garage's: the agent hears it in the business's time zone, which need not be the machine's (at
+    00:30 UTC on a Sunday it is still Saturday in New York, and tomorrow is a closed Sunday)."""
+    if today is None:
+        today = dt.datetime.now(ZoneInfo(BUSINESS_TIMEZONE)).date()
     day = today + dt.timedelta(days=1)
     if day.weekday() < 6:
         return "tomorrow", day
@@ -24,7 +30,7 @@ def booking_day(today: dt.date) -> tuple[str, dt.date]:
 
 
 def test_marcus_books_an_oil_change(server: RunningServer) -> None:
-    spoken_day, day = booking_day(dt.date.today())
+    spoken_day, day = booking_day()
     result = run_test_call(
         server,
         "+15550100002",

@@ -36,7 +36,7 @@ def oil_changes(url: str) -> list[tuple[str, str]]:
 
 
 def test_live_call_survives_postgres_outage(postgres: PrivatePostgres, tmp_path: Path) -> None:
-    spoken_day, day = booking_day(dt.date.today())
+    spoken_day, day = booking_day()
     lines = [
         "I'd like to book an oil change",
         f"{spoken_day} at ten in the morning",

@@ -63,7 +63,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 
 
 def place_booking_call(server: RunningServer) -> dict[str, Any]:
-    spoken_day, _ = booking_day(dt.date.today())
+    spoken_day, _ = booking_day()
     lines = ["I'd like to book an oil change", f"{spoken_day} at ten in the morning", "yes"]
     return run_test_call(server, CALLER, lines)
 
@@ -91,7 +91,7 @@ def test_admin_reviews_the_booking_a_call_made(server: RunningServer, tmp_path: 
     from playwright.sync_api import expect, sync_playwright
 
     call = place_booking_call(server)
-    _, day = booking_day(dt.date.today())
+    _, day = booking_day()
     create_admin(server)
     shots = Path(os.environ.get("SWITCHBOARD_SCREENSHOT_DIR", tmp_path / "shots"))
     shots.mkdir(parents=True, exist_ok=True)

@@ -58,7 +58,7 @@ def talkspurts(peer: TwilioPeer) -> list[list[float]]:
 async def test_a_call_over_twilio_books_an_appointment(
     twilio_server: RunningServer, new_peer: Callable[..., TwilioPeer]
 ) -> None:
-    spoken_day, day = booking_day(dt.date.today())
+    spoken_day, day = booking_day()
     lines = ["I'd like to book an oil change", f"{spoken_day} at ten in the morning", "yes"]
     audio = await synthesize(*lines)
     peer = new_peer(from_number="+15550100002")
