@@ -506,11 +506,11 @@ def summarise(result: RunResult) -> dict[str, Any]:
         "economy_decoded_percent": None
         if not recognition or not recognition.utterances
         else round(100 * recognition.economy / recognition.utterances, 1),
-        # Audio decoded per second of caller speech: the lead-in before each turn, its pauses and
-        # hangover, and turns decoded again after an undone early finalisation make it more than 1.
         "caller_wer_percent": round(100 * word_error_rate(transcribed), 1)
         if transcribed and result.heard is not None
         else None,
+        # Audio decoded per second of caller speech: the lead-in before each turn, its pauses and
+        # hangover, and turns decoded again after an undone early finalisation make it more than 1.
         "decoded_audio_per_speech": None
         if not recognition or not recognition.speech_ms
         else round(recognition.decoded_ms / recognition.speech_ms, 2),
