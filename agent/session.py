@@ -332,7 +332,7 @@ class CallSession:
         self._tentative = None
         self._speculating = False
         self._drop_prepared()
-        for decoded in self._feed.speech_started(frame):
+        for decoded in self._feed.speech_started(frame, over_agent=self._echo.far_end_active):
             self._to_stt(decoded)
         if self.state is CallState.SPEAKING and self._playout is not None:
             self._cut_playout()

@@ -282,6 +282,11 @@ class EchoGate:
         """One 20 ms frame of our audio went out (peak 0 when nothing was sent in that slot)."""
         self._recent.append(peak)
 
+    @property
+    def far_end_active(self) -> bool:
+        """Whether any of our audio went out within the window (so echo may be on the line)."""
+        return any(self._recent)
+
     def is_echo(self, near_pcm16: bytes) -> bool:
         far = max(self._recent, default=0)
         if far == 0:
@@ -295,9 +300,11 @@ class EchoGate:
 # frame) and the silence of pauses and long hangovers. Less silence is mostly better recognition too:
 # `bench/stt_wer.py --as-call` (espeak voices the tests were not tuned on, fed through `Endpointer` and this
 # feed as a call feeds them), WER for voices m3/f2 and m8/m7/f4:
-# - lead-in 300 / 160 / 80 ms: 5.6 / 5.1 / 5.3 % and 11.3 / 11.3 / 11.6 %, but a lone "okay" said over the
-#   agent (tests/e2e/test_turn_taking.py) came out "good" with 160 ms and right with 240 or 300: the lead-in
-#   stays 300 ms, until short answers are measured on their own;
+# - lead-in 300 / 160 / 80 ms: 5.6 / 5.1 / 5.3 % and 11.3 / 11.3 / 11.6 %; lone short answers ("yes",
+#   "no thanks", "at ten", `--short-answers`, six voices) 27.8 % with 300 ms and 22.8 % with 160. But a
+#   lone "okay" said over the agent (tests/e2e/test_turn_taking.py) came out "good" with 160 ms and right
+#   with 240 or 300: over our own audio the echo gate lets the VAD trigger only once the caller is louder
+#   than the echo, later into the word. So a turn that starts over the agent keeps 300 ms, others 160;
 # - decoding only the first 200 ms of a pause and its last 100 ms if the caller goes on (with a 160 ms
 #   lead-in), against all of it with a 300 ms lead-in: 5.1 against 7.4 % and 11.3 against 14.7 %, 30 %
 #   less audio decoded (there the endpointer waits 1 s after each line); lines with a 600 ms pause
@@ -305,7 +312,8 @@ class EchoGate:
 #   (`--line-noise-rms 0`, which no phone line carries but `bench agent`'s callers send) the same lines
 #   came out 9.4 against 8.3 % (m3/f2), and the bench's own booking lines ("on monday at ten ... in the
 #   morning", 182 of them) 6.0 against 5.7 %. Repeated runs of the same settings differed by 1.5 points.
-LEAD_IN_FRAMES: Final = 15  # 300 ms kept before the VAD triggers, so word onsets reach the recogniser
+LEAD_IN_FRAMES: Final = 8  # 160 ms kept before the VAD triggers, so word onsets reach the recogniser
+OVER_AGENT_LEAD_IN_FRAMES: Final = 15  # 300 ms when the caller starts over the agent's audio
 PAUSE_DECODED_MS: Final = 200  # of a pause inside a turn; the rest is held back ...
 RESUME_LEAD_FRAMES: Final = 5  # ... and its last 100 ms decoded if the caller goes on
 
@@ -319,12 +327,15 @@ class RecognitionFeed:
         self,
         *,
         lead_in_frames: int = LEAD_IN_FRAMES,
+        over_agent_lead_in_frames: int = OVER_AGENT_LEAD_IN_FRAMES,
         pause_decoded_ms: int = PAUSE_DECODED_MS,
         resume_lead_frames: int = RESUME_LEAD_FRAMES,
     ) -> None:
-        if lead_in_frames < 0 or pause_decoded_ms < 0 or resume_lead_frames < 0:
-            raise ValueError("lead-in, decoded pause and resume lead cannot be negative")
-        self._lead_in: deque[bytes] = deque(maxlen=lead_in_frames)
+        if min(lead_in_frames, over_agent_lead_in_frames, pause_decoded_ms, resume_lead_frames) < 0:
+            raise ValueError("lead-ins, decoded pause and resume lead cannot be negative")
+        self._lead_in_frames = lead_in_frames
+        self._over_agent_lead_in_frames = over_agent_lead_in_frames
+        self._lead_in: deque[bytes] = deque(maxlen=max(lead_in_frames, over_agent_lead_in_frames))
         self._held: deque[bytes] = deque(maxlen=resume_lead_frames)
         self._pause_decoded_ms = pause_decoded_ms
 
@@ -332,9 +343,12 @@ class RecognitionFeed:
         """A frame while no one speaks: kept for the lead-in, nothing decoded."""
         self._lead_in.append(frame)
 
-    def speech_started(self, frame: bytes) -> list[bytes]:
-        """The frame that started speech: it and the lead-in before it, to decode."""
-        frames = [*self._lead_in, frame]
+    def speech_started(self, frame: bytes, *, over_agent: bool = False) -> list[bytes]:
+        """The frame that started speech: it and the lead-in before it, to decode; the longer lead-in if
+        the caller started over the agent's audio."""
+        keep = self._over_agent_lead_in_frames if over_agent else self._lead_in_frames
+        kept = list(self._lead_in)[max(0, len(self._lead_in) - keep) :] if keep else []
+        frames = [*kept, frame]
         self._lead_in.clear()
         self._held.clear()
         return frames

@@ -50,6 +50,27 @@ with warnings.catch_warnings():
     import audioop
 
 FRAME_BYTES = 320  # 20 ms at 8 kHz
+# --short-answers: whole turns of one to three words, the case a short lead-in could clip the onset of.
+SHORT_ANSWERS = (
+    "yes",
+    "no",
+    "okay",
+    "right",
+    "yeah",
+    "sure",
+    "yes please",
+    "no thanks",
+    "that's right",
+    "correct",
+    "tomorrow",
+    "monday",
+    "at ten",
+    "in the morning",
+    "thank you",
+    "that's all",
+    "goodbye",
+    "two thirty",
+)
 LINE_NOISE_RMS = 20  # quiet line noise around the speech in --as-call, about -64 dBFS
 
 
@@ -143,6 +164,9 @@ def main() -> None:
     )
     parser.add_argument("--lead-in-ms", type=int, default=LEAD_IN_FRAMES * 20, help="with --as-call")
     parser.add_argument("--pause-decoded-ms", type=int, default=PAUSE_DECODED_MS, help="with --as-call")
+    parser.add_argument(
+        "--short-answers", action="store_true", help="lone short answers instead of the sentence sets"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="stt-bench-") as scratch:
@@ -209,7 +233,12 @@ def main() -> None:
         for variant in args.voices.split(","):
             voice = EspeakSynthesizer(variant=variant)
             recognizer = recognizers.pop() if recognizers else model.new_recognizer()
-            for label, lines in (("caller lines", CALLER_LINES), ("held-out lines", HELD_OUT_LINES)):
+            line_sets: tuple[tuple[str, tuple[str, ...]], ...] = (
+                (("short answers", SHORT_ANSWERS),)
+                if args.short_answers
+                else (("caller lines", CALLER_LINES), ("held-out lines", HELD_OUT_LINES))
+            )
+            for label, lines in line_sets:
                 pairs = []
                 for sentence in lines:
                     pcm = heard_as(sentence, voice)

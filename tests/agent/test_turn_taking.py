@@ -156,6 +156,32 @@ def test_recognition_feed_drops_a_long_hangover_and_a_pause_the_caller_never_end
     assert feed.in_speech(_frame(5), 0) == [_frame(5)]
 
 
+def test_recognition_feed_keeps_the_longer_lead_in_for_a_turn_started_over_the_agent() -> None:
+    feed = RecognitionFeed(lead_in_frames=2, over_agent_lead_in_frames=4)
+    for index in range(10):
+        feed.before_speech(_frame(index))
+    assert feed.speech_started(_frame(10), over_agent=True) == [_frame(i) for i in range(6, 11)]
+    for index in range(11, 20):
+        feed.before_speech(_frame(index))
+    assert feed.speech_started(_frame(20)) == [_frame(18), _frame(19), _frame(20)]
+    # No lead-in at all, when asked for none.
+    none = RecognitionFeed(lead_in_frames=0, over_agent_lead_in_frames=0)
+    none.before_speech(_frame(0))
+    assert none.speech_started(_frame(1), over_agent=True) == [_frame(1)]
+
+
+def test_echo_gate_knows_when_our_audio_went_out_within_its_window() -> None:
+    gate = EchoGate(window_frames=3)
+    assert not gate.far_end_active
+    gate.far_frame(9000)
+    assert gate.far_end_active
+    for _ in range(2):
+        gate.far_frame(0)
+    assert gate.far_end_active  # still within the three-frame window
+    gate.far_frame(0)
+    assert not gate.far_end_active
+
+
 def test_recognition_feed_rejects_negative_sizes() -> None:
     with pytest.raises(ValueError, match="negative"):
         RecognitionFeed(pause_decoded_ms=-20)
