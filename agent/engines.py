@@ -50,8 +50,12 @@ class AsyncRecognizer(Protocol):
     async def start_utterance_async(self) -> None:
         """As `StreamingRecognizer.start_utterance`."""
 
-    async def feed_async(self, pcm16_8k: bytes) -> str:
-        """As `StreamingRecognizer.feed`, returning the partial transcript after it."""
+    async def feed_async(self, pcm16_8k: bytes, *, urgent: bool = False) -> str:
+        """As `StreamingRecognizer.feed`, returning the partial transcript after it; `urgent` when the
+        caller is not speaking (someone is waiting on this partial)."""
+
+    def hurry(self) -> None:
+        """The caller has paused: decode what this call has waiting ahead of calls whose callers speak."""
 
     async def end_utterance_async(self) -> str:
         """As `StreamingRecognizer.end_utterance`."""

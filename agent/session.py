@@ -63,6 +63,9 @@ _T = TypeVar("_T")
 
 FRAME_BYTES: Final = 320  # 20 ms of 8 kHz PCM16
 _CURRENT_WITHIN_FRAMES: Final = 8  # a partial lagging the audio by up to 160 ms is current, even mid-word
+# Silence after which a paused caller's recognition is urgent (agent/stt_pool.py): past a one-frame VAD
+# dropout, before the earliest decision a pause leads to (speculating at 90 ms).
+_URGENT_AFTER_MS: Final = 40
 
 
 class CallState(enum.Enum):
@@ -241,6 +244,7 @@ class CallSession:
         self._endpointer = Endpointer(hangover_ms=timings.endpoint_hangover_ms)
         self._echo = EchoGate()
         self._feed = RecognitionFeed()
+        self._paused = False  # the caller has been silent for `_URGENT_AFTER_MS` within a turn, or ended it
         self._recognizer: StreamingRecognizer | None = None
         self._async_recognizer: AsyncRecognizer | None = None  # the same one, if the loop can drive it
         self._economy_recognizer: EconomyRecognizer | None = None  # the same one, if it can decode cheaply
@@ -295,14 +299,21 @@ class CallSession:
             return
         if endpointer.in_speech:
             silence_ms = endpointer.trailing_silence_ms
-            if silence_ms == 0 and self._speculating:
-                self._undo_speculation()  # the caller went on after a pause
+            if silence_ms == 0:
+                self._paused = False
+                if self._speculating:
+                    self._undo_speculation()  # the caller went on after a pause
+            elif silence_ms >= _URGENT_AFTER_MS and not self._paused:
+                self._paused = True
+                if self._async_recognizer is not None:
+                    self._async_recognizer.hurry()
             for decoded in self._feed.in_speech(frame, silence_ms):
                 self._to_stt(decoded)
             self._maybe_speculate()
         elif isinstance(event, SpeechEnded):
             for decoded in self._feed.speech_ended(frame, endpointer.stream_ms - event.at_ms):
                 self._to_stt(decoded)
+            self._paused = True
             self._end_turn(event)
         else:
             self._feed.before_speech(frame)
@@ -328,6 +339,7 @@ class CallSession:
         self._last_activity = self._clock()
         self._turn += 1
         self._turn_onset_ms = event.at_ms
+        self._paused = False
         self._partial = ""
         self._tentative = None
         self._speculating = False
@@ -832,7 +844,7 @@ class CallSession:
 
     async def _stt_feed(self, audio: bytes) -> str:
         if self._async_recognizer is not None:
-            return await self._async_recognizer.feed_async(audio)
+            return await self._async_recognizer.feed_async(audio, urgent=self._paused)
         recognizer = self._recognizer
         assert recognizer is not None
         return await asyncio.get_running_loop().run_in_executor(self._stt_executor, _feed, recognizer, audio)

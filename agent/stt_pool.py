@@ -11,8 +11,15 @@ The stream socket carries the call session's audio from the event loop itself (`
 friends): requests are framed, pipelined and matched to futures by id, with no thread in between.
 Measured before it existed: a feed through a worker thread and the control pipe cost ~260 us of the
 server's CPU (thread hand-offs, lock, wake-ups), 45 % of a core for 40 callers speaking at once.
-The worker answers a final transcript ahead of the partials waiting with it: a caller waiting for a
-reply matters more than a partial.
+
+A worker answers its requests in order of urgency, not arrival (`RequestQueue`): a call whose caller has
+stopped speaking, even for a moment, waits on its transcript (to tell a pause from the end of the turn, to
+start the reply), while the partial of a caller still speaking is wanted by no one until they stop. So
+starts, finals, feeds sent while the caller is silent, and the feed in flight of a call whose caller has
+just paused (a "hurry" message) go first; a call's own requests keep their order, and a feed that has
+waited `patience_s` goes first as well, so no call starves. Under overload this turns every call's share
+of a worker that is behind (each call's turn waited for the feeds of all the others) into a queue the
+turns that are ending jump.
 
 A worker that is falling behind sheds load: it measures the share of wall time it spends working (not
 waiting for requests), and while that is above ``economy_at`` (default 0.85) it starts new utterances on
@@ -46,14 +53,16 @@ from agent.stt import SttError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BusyGauge", "EconomySwitch", "PooledRecognizer", "RecognizerPool"]
+__all__ = ["BusyGauge", "EconomySwitch", "PooledRecognizer", "RecognizerPool", "RequestQueue"]
 
-_StreamRequest = tuple[int, str, int, Any]  # (request id, operation, recogniser id, argument)
+# (request id, operation, recogniser id, argument, urgent)
+_StreamRequest = tuple[int, str, int, Any, bool]
 _READY: Final = "ready"
 
 
 _FRAME: Final = struct.Struct("!I")  # stream frames: 4-byte big-endian length, then a pickle
-_FIRST: Final = frozenset({"end", "start"})  # answered ahead of feeds that arrived with them
+_FIRST: Final = frozenset({"end", "start"})  # always urgent
+_HURRY: Final = "hurry"  # a one-way message: the call's request waiting in the worker is urgent now
 
 
 class BusyGauge:
@@ -113,6 +122,54 @@ class EconomySwitch:
         return self.on
 
 
+class RequestQueue:
+    """The stream requests a worker has yet to answer, and which to answer next (module notes).
+
+    Sans-IO: `add` what arrives, `pop` the next to perform. A request is urgent when it is a start or a
+    final, when the caller sent it urgent, when its call was hurried after sending it, or when it has
+    waited `patience_s`; the first urgent one in arrival order goes next, else the oldest. A request never
+    overtakes an earlier one of its own call.
+    """
+
+    def __init__(self, patience_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+        if patience_s <= 0:
+            raise ValueError("patience must be positive")
+        self._patience_s = patience_s
+        self._clock = clock
+        self._pending: list[tuple[float, _StreamRequest]] = []
+        self._hurried: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, request: _StreamRequest) -> None:
+        ident = request[2]
+        if request[1] == _HURRY:
+            # Only a call with a request waiting is hurried: one already answered is not waiting.
+            if any(waiting[2] == ident for _, waiting in self._pending):
+                self._hurried.add(ident)
+            return
+        self._pending.append((self._clock(), request))
+
+    def pop(self) -> _StreamRequest:
+        if not self._pending:
+            raise IndexError("no request waiting")
+        overdue = self._clock() - self._patience_s
+        chosen = 0
+        seen: set[int] = set()
+        for index, (arrived, (_, operation, ident, _argument, urgent)) in enumerate(self._pending):
+            if ident in seen:
+                continue  # behind an earlier request of its own call
+            seen.add(ident)
+            if urgent or operation in _FIRST or ident in self._hurried or arrived <= overdue:
+                chosen = index
+                break
+        _, request = self._pending.pop(chosen)
+        if not any(waiting[2] == request[2] for _, waiting in self._pending):
+            self._hurried.discard(request[2])
+        return request
+
+
 def _serve(
     engine_factory: Callable[[], SpeechEngine],
     connection: multiprocessing.connection.Connection,
@@ -135,10 +192,14 @@ def _serve(
     inbox = bytearray()
     gauge = BusyGauge()
     economy = EconomySwitch(economy_at)
+    queue = RequestQueue()
     while True:
-        gauge.waiting()
-        ready_now = multiprocessing.connection.wait([connection, stream])
-        gauge.working()
+        if queue:  # look for more (an urgent request may have come) without waiting
+            ready_now = multiprocessing.connection.wait([connection, stream], timeout=0)
+        else:
+            gauge.waiting()
+            ready_now = multiprocessing.connection.wait([connection, stream])
+            gauge.working()
         for ready in ready_now:
             if ready is connection:
                 try:
@@ -159,21 +220,19 @@ def _serve(
                     stream.close()
                     return
                 inbox += data
-                requests: list[_StreamRequest] = []
                 while len(inbox) >= _FRAME.size:
                     (size,) = _FRAME.unpack_from(inbox)
                     if len(inbox) < _FRAME.size + size:
                         break
-                    requests.append(pickle.loads(inbox[_FRAME.size : _FRAME.size + size]))
+                    queue.add(pickle.loads(inbox[_FRAME.size : _FRAME.size + size]))
                     del inbox[: _FRAME.size + size]
-                # Finals first; a call has one request in flight, so no call's requests are reordered.
-                requests.sort(key=lambda request: request[1] not in _FIRST)
-                for request_id, operation, ident, argument in requests:
-                    if operation == "start":
-                        economy.update(gauge.load())
-                    reply = _perform(engine, recognizers, operation, ident, argument, economy.on)
-                    payload = pickle.dumps((request_id, *reply), protocol=pickle.HIGHEST_PROTOCOL)
-                    stream.sendall(_FRAME.pack(len(payload)) + payload)
+        if queue:
+            request_id, operation, ident, argument, _ = queue.pop()
+            if operation == "start":
+                economy.update(gauge.load())
+            reply = _perform(engine, recognizers, operation, ident, argument, economy.on)
+            payload = pickle.dumps((request_id, *reply), protocol=pickle.HIGHEST_PROTOCOL)
+            stream.sendall(_FRAME.pack(len(payload)) + payload)
 
 
 def _perform(
@@ -237,7 +296,7 @@ class _Stream:
         self._outbox = bytearray()
         self._gone: str | None = None
 
-    async def call(self, operation: str, ident: int, argument: Any = None) -> Any:
+    async def call(self, operation: str, ident: int, argument: Any = None, *, urgent: bool = False) -> Any:
         if self._gone is not None:
             raise SttError(f"speech worker {self._name} is gone: {self._gone}")
         loop = asyncio.get_running_loop()
@@ -246,8 +305,7 @@ class _Stream:
         request_id = next(self._ids)
         reply: asyncio.Future[tuple[str, Any]] = loop.create_future()
         self._waiting[request_id] = reply
-        payload = pickle.dumps((request_id, operation, ident, argument), protocol=pickle.HIGHEST_PROTOCOL)
-        self._write(_FRAME.pack(len(payload)) + payload)
+        self._send((request_id, operation, ident, argument, urgent))
         try:
             status, value = await reply
         finally:
@@ -256,10 +314,19 @@ class _Stream:
             raise SttError(f"speech worker {self._name}: {value}")
         return value
 
+    def tell(self, operation: str, ident: int) -> None:
+        """A one-way message (no reply); dropped if the worker is gone or no loop drives the stream."""
+        if self._gone is None and self._loop is not None:
+            self._send((0, operation, ident, None, True))
+
     def close(self) -> None:
         self._unbind()
         self._fail("closed")
         self._sock.close()
+
+    def _send(self, request: _StreamRequest) -> None:
+        payload = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
+        self._write(_FRAME.pack(len(payload)) + payload)
 
     def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._unbind()
@@ -432,12 +499,18 @@ class PooledRecognizer:
         self._partial = ""
         self._economy = bool(await self._worker.stream.call("start", self._ident))
 
-    async def feed_async(self, pcm16_8k: bytes) -> str:
-        """Decode more audio from the event loop; returns the partial transcript."""
+    async def feed_async(self, pcm16_8k: bytes, *, urgent: bool = False) -> str:
+        """Decode more audio from the event loop; returns the partial transcript. `urgent`: the caller is
+        not speaking, so someone waits on this partial (module notes)."""
         if len(pcm16_8k) % 2:
             raise ValueError("PCM16 audio must have an even number of bytes")
-        self._partial = str(await self._worker.stream.call("feed", self._ident, pcm16_8k))
+        self._partial = str(await self._worker.stream.call("feed", self._ident, pcm16_8k, urgent=urgent))
         return self._partial
+
+    def hurry(self) -> None:
+        """The caller has paused: what this call has waiting in the worker is urgent now (module notes).
+        Call from the event loop; costs one short message."""
+        self._worker.stream.tell(_HURRY, self._ident)
 
     async def end_utterance_async(self) -> str:
         text = str(await self._worker.stream.call("end", self._ident))

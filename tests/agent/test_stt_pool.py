@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from agent.stt import SpeechModel, SttError
-from agent.stt_pool import BusyGauge, EconomySwitch, PooledRecognizer, RecognizerPool, loaded
+from agent.stt_pool import BusyGauge, EconomySwitch, PooledRecognizer, RecognizerPool, RequestQueue, loaded
 from agent.tts import EspeakSynthesizer
 from tests.agent.conftest import phone_line
 
@@ -300,3 +300,83 @@ def test_a_worker_that_falls_behind_decodes_new_utterances_the_economy_way(
         busy.close()
     assert (first, during, after) == (False, True, False)
     assert heard == line
+
+
+def test_the_request_queue_answers_urgent_requests_first_but_never_out_of_a_calls_order() -> None:
+    now = [0.0]
+    queue = RequestQueue(patience_s=1.0, clock=lambda: now[0])
+    queue.add((1, "feed", 7, b"a", False))  # call 7 speaking
+    queue.add((2, "feed", 8, b"b", False))  # call 8 speaking
+    queue.add((3, "feed", 9, b"c", True))  # call 9 has paused
+    queue.add((4, "end", 8, None, False))  # call 8's final, behind its own feed
+    queue.add((5, "start", 10, None, False))
+    assert len(queue) == 5
+    order = [queue.pop()[0] for _ in range(5)]
+    # 9 (urgent) and 10's start go first; 8's final waits for 8's feed; then the oldest.
+    assert order == [3, 5, 1, 2, 4]
+    with pytest.raises(IndexError):
+        queue.pop()
+
+
+def test_a_hurried_call_and_a_request_that_waited_too_long_go_first() -> None:
+    now = [0.0]
+    queue = RequestQueue(patience_s=1.0, clock=lambda: now[0])
+    queue.add((0, "hurry", 5, None, True))  # nothing of call 5 waits: ignored
+    queue.add((1, "feed", 4, b"a", False))
+    queue.add((2, "feed", 5, b"b", False))
+    queue.add((3, "feed", 6, b"c", False))
+    queue.add((0, "hurry", 6, None, True))  # call 6's caller paused after sending its feed
+    assert len(queue) == 3  # a hurry is not a request
+    assert queue.pop()[0] == 3
+    now[0] = 0.5
+    queue.add((4, "feed", 6, b"d", False))  # call 6 spoke again: its next feed is not urgent
+    now[0] = 1.2  # requests 1 and 2 have waited past their patience, 4 has not
+    assert [queue.pop()[0] for _ in range(3)] == [1, 2, 4]
+    with pytest.raises(ValueError, match="patience"):
+        RequestQueue(patience_s=0)
+
+
+def test_a_paused_callers_turn_is_decoded_ahead_of_a_busy_workers_backlog(
+    speech_model: SpeechModel, audio: list[bytes]
+) -> None:
+    """One worker with seconds of other calls' speech queued: the feed and final of a caller who has
+    stopped speaking, and the feed of a caller hurried after sending it, come back long before that
+    backlog is decoded, and heard right."""
+    busy = RecognizerPool(functools.partial(loaded, speech_model), processes=1, economy_at=None)
+
+    async def scenario() -> tuple[str, str, int, int, int]:
+        talkers = [busy.new_recognizer() for _ in range(3)]
+        paused, hurried = busy.new_recognizer(), busy.new_recognizer()
+        await hurried.start_utterance_async()  # a call's first line adapts its normalisation
+        await hurried.feed_async(audio[0])
+        await hurried.end_utterance_async()
+        for recognizer in (*talkers, paused, hurried):
+            await recognizer.start_utterance_async()
+        speech = b"".join(audio) * 4  # ~20 s per call, several seconds of decoding in all
+        backlog = [
+            asyncio.ensure_future(talker.feed_async(speech[offset : offset + 1600]))
+            for offset in range(0, len(speech), 1600)
+            for talker in talkers
+        ]
+        hurried_feed = asyncio.ensure_future(hurried.feed_async(audio[1]))  # behind the backlog ...
+        await asyncio.sleep(0.2)
+        hurried.hurry()  # ... until its caller pauses
+        await paused.feed_async(audio[0], urgent=True)
+        heard = await paused.end_utterance_async()
+        after_paused = sum(feed.done() for feed in backlog)
+        await hurried_feed
+        hurried_heard = await hurried.end_utterance_async()
+        after_hurried = sum(feed.done() for feed in backlog)
+        await asyncio.gather(*backlog)
+        for talker in talkers:
+            await talker.end_utterance_async()
+        return heard, hurried_heard, after_paused, after_hurried, len(backlog)
+
+    try:
+        heard, hurried_heard, after_paused, after_hurried, total = asyncio.run(scenario())
+    finally:
+        busy.close()
+    assert heard == LINES[0]
+    assert hurried_heard == LINES[1]
+    assert after_paused < total / 4
+    assert after_hurried < total / 4
