@@ -17,7 +17,7 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 
 from agent.dialogue import AgentReply, DialoguePolicy
 from agent.llm import LlmDialogue, LlmError
@@ -148,7 +148,7 @@ class RoutedDialogue:
         self._commit_heard()
         return self._said(self._policy.on_dtmf(digit), Route.POLICY)
 
-    def stream(self, text: str) -> Iterator[str] | None:
+    def stream(self, text: str) -> Generator[str, None, None] | None:
         """The model's reply to `text` clause by clause as it is generated, for turns the model takes (so
         the first clause can be spoken while the rest is written); None for turns the policy keeps or
         while the breaker is open -- then `respond` answers. Never raises: a failure before the first
@@ -157,7 +157,7 @@ class RoutedDialogue:
             return None
         return self._stream_model(self._llm, text)
 
-    def _stream_model(self, llm: LlmDialogue, text: str) -> Iterator[str]:
+    def _stream_model(self, llm: LlmDialogue, text: str) -> Generator[str, None, None]:
         self._commit_heard()
         started = self._clock()
         said: list[str] = []
