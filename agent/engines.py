@@ -36,10 +36,14 @@ class EconomyRecognizer(Protocol):
 
     @property
     def economy(self) -> bool:
-        """Whether the open (or last) utterance is decoded the cheaper way."""
+        """Whether the open (or last) utterance is decoded a cheaper way."""
 
-    def start_economy_utterance(self) -> None:
-        """As `StreamingRecognizer.start_utterance`, decoding the cheaper way."""
+    @property
+    def economy_depth(self) -> int:
+        """How the open (or last) utterance is decoded: 0 in full, 1 the cheaper way, 2 cheaper still."""
+
+    def start_economy_utterance(self, *, deep: bool = False) -> None:
+        """As `StreamingRecognizer.start_utterance`, decoding the cheaper way (`deep`: cheaper still)."""
 
 
 @runtime_checkable

@@ -189,7 +189,8 @@ class CallerTurn:
     stt_ms: float | None = None
     endpoint_ms: float | None = None
     speech_ms: float = 0.0
-    stt_economy: bool = False  # decoded the cheaper way by a speech worker that was behind
+    stt_economy: bool = False  # decoded a cheaper way by a speech worker that was behind
+    stt_economy_depth: int = 0  # 1 economy, 2 deep economy (agent/stt_pool.py)
     stt_audio_ms: float = 0.0  # audio the recogniser decoded for the turn, decoded again after a resume
 
 
@@ -529,6 +530,7 @@ class CallSession:
             stt_ms=turn.stt_ms,
             endpoint_ms=turn.endpoint_ms,
             stt_economy=turn.stt_economy,
+            stt_economy_depth=turn.stt_economy_depth,
             speech_ms=turn.speech_ms if turn.kind == "utterance" else None,
             stt_audio_ms=turn.stt_audio_ms if turn.kind == "utterance" else None,
         )
@@ -810,6 +812,8 @@ class CallSession:
                 text = text.strip()
                 stt_ms = max(0.0, (finished_at - command.speech_end_at) * 1000)
                 log.info("call %s: caller said %r (stt %.0f ms)", self.call_id, text, stt_ms)
+                economy = self._economy_recognizer
+                depth = economy.economy_depth if economy is not None else 0
                 self._speculating = False
                 self._tentative = None
                 self._events.put_nowait(
@@ -821,7 +825,8 @@ class CallSession:
                         stt_ms=stt_ms,
                         endpoint_ms=command.endpoint_ms,
                         speech_ms=command.speech_ms,
-                        stt_economy=self._economy_recognizer is not None and self._economy_recognizer.economy,
+                        stt_economy=depth > 0,
+                        stt_economy_depth=depth,
                         stt_audio_ms=decoded_ms,
                     )
                 )

@@ -74,8 +74,16 @@ Passes = Literal[1, 2]
 # for WER 6.2 -> 7.0 % (m3/f2) and 12.9 -> 14.8 % (m8/m7/f4). Other cheap settings measured then cost more
 # accuracy for less gain: frame downsampling (ds 2) with one pass 0.050 / 9.1 % on m3/f2, and with topn 4
 # as well 0.043 / 12.1 %.
+# Deep economy: what a worker that is not just busy but behind (requests waiting, agent/stt_pool.py)
+# starts new utterances with: the 2 best Gaussians and narrower beams (beam 1e-50, word beam 1e-40).
+# Measured in CPU time (interleaved runs, as-call m3/f2 lines): real-time factor 0.046-0.051 against
+# 0.053-0.068 for economy; bench/stt_wer.py --economy, voices m3/f2/m8: WER 13.4 % against 9.3 %. In
+# `bench agent` (host loop 120 ms, November 2026) 70 calls went from p95 909-1799 ms to 457 ms, callers'
+# WER 3.0 -> 4.8 %.
 _TOPN: Final = 8
 _ECONOMY_TOPN: Final = 4
+_DEEP_ECONOMY_TOPN: Final = 2
+EconomyDepth = Literal[0, 1, 2]  # full settings, economy, deep economy
 _Floats = npt.NDArray[np.float64]
 
 _MODEL_RATE: Final = 16000
@@ -366,22 +374,26 @@ class _DecoderSettings:
     search: SearchKind
     passes: Passes = 2
 
-    def new_decoder(self, *, economy: bool = False) -> pocketsphinx.Decoder:
-        """A decoder for one call; ``economy``: the cheaper settings a falling-behind worker switches to."""
+    def new_decoder(self, depth: EconomyDepth = 0) -> pocketsphinx.Decoder:
+        """A decoder for one call; `depth` 1 or 2: the cheaper settings a falling-behind worker switches
+        to (see ``_ECONOMY_TOPN`` and ``_DEEP_ECONOMY_TOPN``)."""
         search: dict[str, object]
         if self.search == "grammar":
             search = {"jsgf": str(self.search_file)}
-        elif self.passes == 1 or economy:
+        elif depth == 2:
+            search = {"lm": str(self.search_file), "fwdflat": False, "beam": 1e-50, "wbeam": 1e-40}
+        elif self.passes == 1 or depth == 1:
             search = {"lm": str(self.search_file), "fwdflat": False, "beam": 1e-60, "wbeam": 1e-48}
         else:
             search = {"lm": str(self.search_file)}
+        topn = (_TOPN, _ECONOMY_TOPN, _DEEP_ECONOMY_TOPN)[depth]
         try:
             return pocketsphinx.Decoder(
                 hmm=str(self.acoustic_model),
                 dict=str(self.dictionary),
                 samprate=_MODEL_RATE,
                 # The estimated cepstra are noisier than real ones; more Gaussians per frame helps.
-                topn=_ECONOMY_TOPN if economy else _TOPN,
+                topn=topn,
                 loglevel="FATAL",
                 **search,
             )
@@ -395,21 +407,22 @@ class _DecoderSettings:
 class Recognizer:
     """One call's decoder. Not thread-safe: the call session drives it from one worker thread at a time.
 
-    With ``economy_decoder`` (a factory), `start_economy_utterance` decodes an utterance on cheaper
-    settings. That second decoder is made the first time it is needed; the cepstral mean the call's audio
-    has adapted moves with each switch, so a switch loses nothing of the call's normalisation.
+    With ``economy_decoder`` (a factory of a decoder at a given depth), `start_economy_utterance` decodes
+    an utterance on cheaper settings. Each cheaper decoder is made the first time it is needed; the
+    cepstral mean the call's audio has adapted moves with each switch, so a switch loses nothing of the
+    call's normalisation.
     """
 
     def __init__(
         self,
         decoder: pocketsphinx.Decoder,
         mapping: PhoneBandMapping,
-        economy_decoder: Callable[[], pocketsphinx.Decoder] | None = None,
+        economy_decoder: Callable[[EconomyDepth], pocketsphinx.Decoder] | None = None,
     ) -> None:
         self._full = decoder
         self._decoder = decoder  # the one the open (or last) utterance uses
         self._economy_factory = economy_decoder
-        self._economy: pocketsphinx.Decoder | None = None
+        self._cheaper: dict[EconomyDepth, pocketsphinx.Decoder] = {}
         self._mapping = mapping
         self._cepstra = _CepstrumStream(mapping)
         self._in_utterance = False
@@ -418,19 +431,30 @@ class Recognizer:
 
     @property
     def economy(self) -> bool:
-        """Whether the open (or last) utterance is decoded on the economy settings."""
+        """Whether the open (or last) utterance is decoded on cheaper settings."""
         return self._decoder is not self._full
 
-    def start_economy_utterance(self) -> None:
+    @property
+    def economy_depth(self) -> EconomyDepth:
+        """0: the open (or last) utterance is decoded on the full settings, 1: economy, 2: deep economy."""
+        for depth, decoder in self._cheaper.items():
+            if decoder is self._decoder:
+                return depth
+        return 0
+
+    def start_economy_utterance(self, *, deep: bool = False) -> None:
         """As `start_utterance`, on the economy settings (~40 % less CPU, more errors; see the notes on
-        ``_ECONOMY_TOPN``). Without an economy decoder, the same as `start_utterance`."""
-        if self._economy is None and self._economy_factory is not None:
+        ``_ECONOMY_TOPN``), or with `deep` cheaper still (``_DEEP_ECONOMY_TOPN``). Without an economy
+        decoder, the same as `start_utterance`."""
+        depth: EconomyDepth = 2 if deep else 1
+        decoder = self._cheaper.get(depth)
+        if decoder is None and self._economy_factory is not None:
             try:
-                self._economy = self._economy_factory()
+                decoder = self._cheaper[depth] = self._economy_factory(depth)
             except SttError:
                 log.exception("no economy decoder; decoding on the full settings")
                 self._economy_factory = None
-        self._start(self._economy if self._economy is not None else self._full)
+        self._start(decoder if decoder is not None else self._full)
 
     def start_utterance(self) -> None:
         self._start(self._full)
@@ -600,8 +624,8 @@ class SpeechModel:
         recognizer.seed_cepstral_mean(self._telephone_cmn)
         return recognizer
 
-    def _new_economy_decoder(self) -> pocketsphinx.Decoder:
-        return self._settings.new_decoder(economy=True)
+    def _new_economy_decoder(self, depth: EconomyDepth) -> pocketsphinx.Decoder:
+        return self._settings.new_decoder(depth)
 
 
 class SpeechModels:

@@ -16,17 +16,20 @@ A worker answers its requests in order of urgency, not arrival (`RequestQueue`):
 stopped speaking, even for a moment, waits on its transcript (to tell a pause from the end of the turn, to
 start the reply), while the partial of a caller still speaking is wanted by no one until they stop. So
 starts, finals, feeds sent while the caller is silent, and the feed in flight of a call whose caller has
-just paused (a "hurry" message) go first; a call's own requests keep their order, and a feed that has
-waited `patience_s` goes first as well, so no call starves. Under overload this turns every call's share
-of a worker that is behind (each call's turn waited for the feeds of all the others) into a queue the
-turns that are ending jump.
+just paused (a "hurry" message) go first; a call's own requests keep their order. Under overload this
+turns every call's share of a worker that is behind (each call's turn waited for the feeds of all the
+others) into a queue the turns that are ending jump. No call starves for long: every caller pauses, and
+its call is urgent then. (A first version also put any feed that had waited 2 s first: under overload
+every feed had, and the queue was first come, first served again.)
 
 A worker that is falling behind sheds load: it measures the share of wall time it spends working (not
 waiting for requests), and while that is above ``economy_at`` (default 0.85) it starts new utterances on
 the recogniser's economy settings (`EconomyRecognizer`; for pocketsphinx ~40 % less CPU for a few points
 of WER), until it drops below ``economy_at - 0.15``. Without it, a worker past 100 % only queues: every
-call's turns get later and later (`bench agent` at 100 calls: p95 over 4 s). Each utterance's mode comes
-back with its start and is recorded in the turn's telemetry (``stt_economy``).
+call's turns get later and later (`bench agent` at 100 calls: p95 over 4 s). Busy is not yet behind: a
+worker whose oldest waiting request has waited ``DEEP_ECONOMY_AFTER_S`` is, and starts new utterances
+cheaper still (deep economy). Each utterance's depth comes back with its start and is recorded in the
+turn's telemetry (``stt_economy``, ``stt_economy_depth``).
 """
 
 from __future__ import annotations
@@ -55,14 +58,16 @@ log = logging.getLogger(__name__)
 
 __all__ = ["BusyGauge", "EconomySwitch", "PooledRecognizer", "RecognizerPool", "RequestQueue"]
 
-# (request id, operation, recogniser id, argument, urgent)
-_StreamRequest = tuple[int, str, int, Any, bool]
+# (request id, operation, recogniser id, argument, urgent, sent at: time.monotonic(), the same clock in
+# every process of the machine)
+_StreamRequest = tuple[int, str, int, Any, bool, float]
 _READY: Final = "ready"
 
 
 _FRAME: Final = struct.Struct("!I")  # stream frames: 4-byte big-endian length, then a pickle
 _FIRST: Final = frozenset({"end", "start"})  # always urgent
 _HURRY: Final = "hurry"  # a one-way message: the call's request waiting in the worker is urgent now
+DEEP_ECONOMY_AFTER_S: Final = 0.25  # the oldest request waiting this long: the worker is behind
 
 
 class BusyGauge:
@@ -126,21 +131,23 @@ class RequestQueue:
     """The stream requests a worker has yet to answer, and which to answer next (module notes).
 
     Sans-IO: `add` what arrives, `pop` the next to perform. A request is urgent when it is a start or a
-    final, when the caller sent it urgent, when its call was hurried after sending it, or when it has
-    waited `patience_s`; the first urgent one in arrival order goes next, else the oldest. A request never
-    overtakes an earlier one of its own call.
+    final, when the caller sent it urgent, or when its call was hurried after sending it; the first urgent
+    one in sending order goes next, else the oldest. A request never overtakes an earlier one of its own
+    call.
     """
 
-    def __init__(self, patience_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
-        if patience_s <= 0:
-            raise ValueError("patience must be positive")
-        self._patience_s = patience_s
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._pending: list[tuple[float, _StreamRequest]] = []
         self._hurried: set[int] = set()
 
     def __len__(self) -> int:
         return len(self._pending)
+
+    def oldest_wait_s(self) -> float:
+        """How long the request waiting longest has waited since it was sent (0 when none waits): time in
+        the sender's buffer and the socket's counts, as the caller waits through it too."""
+        return self._clock() - self._pending[0][0] if self._pending else 0.0
 
     def add(self, request: _StreamRequest) -> None:
         ident = request[2]
@@ -149,19 +156,18 @@ class RequestQueue:
             if any(waiting[2] == ident for _, waiting in self._pending):
                 self._hurried.add(ident)
             return
-        self._pending.append((self._clock(), request))
+        self._pending.append((min(request[5], self._clock()), request))
 
     def pop(self) -> _StreamRequest:
         if not self._pending:
             raise IndexError("no request waiting")
-        overdue = self._clock() - self._patience_s
         chosen = 0
         seen: set[int] = set()
-        for index, (arrived, (_, operation, ident, _argument, urgent)) in enumerate(self._pending):
+        for index, (_, (_, operation, ident, _argument, urgent, _sent)) in enumerate(self._pending):
             if ident in seen:
                 continue  # behind an earlier request of its own call
             seen.add(ident)
-            if urgent or operation in _FIRST or ident in self._hurried or arrived <= overdue:
+            if urgent or operation in _FIRST or ident in self._hurried:
                 chosen = index
                 break
         _, request = self._pending.pop(chosen)
@@ -193,6 +199,14 @@ def _serve(
     gauge = BusyGauge()
     economy = EconomySwitch(economy_at)
     queue = RequestQueue()
+
+    def start_depth() -> int:
+        """How cheaply a new utterance is decoded now (module notes)."""
+        busy = economy.update(gauge.load())
+        if busy and queue.oldest_wait_s() >= DEEP_ECONOMY_AFTER_S:
+            return 2
+        return 1 if busy else 0
+
     while True:
         if queue:  # look for more (an urgent request may have come) without waiting
             ready_now = multiprocessing.connection.wait([connection, stream], timeout=0)
@@ -210,7 +224,8 @@ def _serve(
                     engine = argument
                     connection.send(("ok", None))
                 else:
-                    connection.send(_perform(engine, recognizers, operation, ident, argument, economy.on))
+                    depth = start_depth() if operation == "start" else 0
+                    connection.send(_perform(engine, recognizers, operation, ident, argument, depth))
             else:
                 try:
                     data = stream.recv(1 << 18)
@@ -227,10 +242,9 @@ def _serve(
                     queue.add(pickle.loads(inbox[_FRAME.size : _FRAME.size + size]))
                     del inbox[: _FRAME.size + size]
         if queue:
-            request_id, operation, ident, argument, _ = queue.pop()
-            if operation == "start":
-                economy.update(gauge.load())
-            reply = _perform(engine, recognizers, operation, ident, argument, economy.on)
+            request_id, operation, ident, argument, _, _ = queue.pop()
+            depth = start_depth() if operation == "start" else 0
+            reply = _perform(engine, recognizers, operation, ident, argument, depth)
             payload = pickle.dumps((request_id, *reply), protocol=pickle.HIGHEST_PROTOCOL)
             stream.sendall(_FRAME.pack(len(payload)) + payload)
 
@@ -241,10 +255,11 @@ def _perform(
     operation: str,
     ident: int,
     argument: Any,
-    economy: bool = False,
+    depth: int = 0,
 ) -> tuple[str, Any]:
-    """One request. "start" answers whether the utterance decodes the economy way: when the caller asked
-    for it (``argument`` true) or the worker is behind (``economy``), and the recogniser has one."""
+    """One request. "start" answers how cheaply the utterance decodes (0 in full, 1 economy, 2 deep
+    economy): at `depth`, at least at the depth the caller asked for (``argument``, 1 or 2), in full when
+    the recogniser has no cheaper way."""
     try:
         result: Any = None
         if operation == "new":
@@ -254,15 +269,17 @@ def _perform(
         else:
             recognizer = recognizers[ident]
             if operation == "start":
+                if argument:
+                    depth = max(depth, int(argument))
                 if isinstance(recognizer, EconomyRecognizer):
-                    if economy or argument:
-                        recognizer.start_economy_utterance()
+                    if depth:
+                        recognizer.start_economy_utterance(deep=depth >= 2)
                     else:
                         recognizer.start_utterance()
-                    result = recognizer.economy
+                    result = recognizer.economy_depth
                 else:
                     recognizer.start_utterance()
-                    result = False
+                    result = 0
             elif operation == "feed":
                 recognizer.feed(argument)
                 result = recognizer.partial()
@@ -305,7 +322,7 @@ class _Stream:
         request_id = next(self._ids)
         reply: asyncio.Future[tuple[str, Any]] = loop.create_future()
         self._waiting[request_id] = reply
-        self._send((request_id, operation, ident, argument, urgent))
+        self._send((request_id, operation, ident, argument, urgent, time.monotonic()))
         try:
             status, value = await reply
         finally:
@@ -317,7 +334,7 @@ class _Stream:
     def tell(self, operation: str, ident: int) -> None:
         """A one-way message (no reply); dropped if the worker is gone or no loop drives the stream."""
         if self._gone is None and self._loop is not None:
-            self._send((0, operation, ident, None, True))
+            self._send((0, operation, ident, None, True, time.monotonic()))
 
     def close(self) -> None:
         self._unbind()
@@ -464,23 +481,29 @@ class PooledRecognizer:
         self._ident = ident
         self._partial = ""
         self._closed = False
-        self._economy = False
+        self._depth = 0
         worker.call("new", ident)
         worker.live += 1
 
     @property
     def economy(self) -> bool:
-        """Whether the open (or last) utterance decodes the economy way (asked for, or the worker behind)."""
-        return self._economy
+        """Whether the open (or last) utterance decodes a cheaper way (asked for, or the worker behind)."""
+        return self._depth > 0
+
+    @property
+    def economy_depth(self) -> int:
+        return self._depth
 
     def start_utterance(self) -> None:
         """Begin an utterance; a worker that is falling behind decodes it the economy way (module notes)."""
         self._partial = ""
-        self._economy = bool(self._worker.call("start", self._ident))
+        self._depth = int(self._worker.call("start", self._ident))
 
-    def start_economy_utterance(self) -> None:
+    def start_economy_utterance(self, *, deep: bool = False) -> None:
+        """Begin an utterance decoded at least the economy way (`deep`: cheaper still), deeper if the
+        worker is behind."""
         self._partial = ""
-        self._economy = bool(self._worker.call("start", self._ident, True))
+        self._depth = int(self._worker.call("start", self._ident, 2 if deep else 1))
 
     def feed(self, pcm16_8k: bytes) -> None:
         if len(pcm16_8k) % 2:
@@ -497,7 +520,7 @@ class PooledRecognizer:
 
     async def start_utterance_async(self) -> None:
         self._partial = ""
-        self._economy = bool(await self._worker.stream.call("start", self._ident))
+        self._depth = int(await self._worker.stream.call("start", self._ident))
 
     async def feed_async(self, pcm16_8k: bytes, *, urgent: bool = False) -> str:
         """Decode more audio from the event loop; returns the partial transcript. `urgent`: the caller is

@@ -2,7 +2,8 @@
 
 Fields (all milliseconds unless said otherwise):
 - stt_ms: end of caller speech (last voiced frame) -> final transcript
-- stt_economy: the transcript was decoded the cheaper way, by a speech worker that was falling behind
+- stt_economy: the transcript was decoded a cheaper way, by a speech worker that was falling behind;
+  stt_economy_depth: 0 in full, 1 economy (the worker busy), 2 deep economy (requests waiting on it)
 - endpoint_ms: end of caller speech -> the endpointer declared the turn over (the hangover used)
 - speech_ms: the caller's turn, first to last voiced frame
 - stt_audio_ms: caller audio the recogniser decoded for the turn (lead-in and pauses included; audio
@@ -38,6 +39,7 @@ class TurnTelemetry:
     stt_ms: float | None = None
     endpoint_ms: float | None = None
     stt_economy: bool = False
+    stt_economy_depth: int = 0
     speech_ms: float | None = None
     stt_audio_ms: float | None = None
     tool_ms: float = 0.0

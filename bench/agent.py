@@ -249,13 +249,15 @@ class Recognition:
     """Caller utterances over a run and what decoding them took."""
 
     utterances: int = 0
-    economy: int = 0  # decoded the cheaper way by a speech worker that was behind
+    economy: int = 0  # decoded a cheaper way by a speech worker that was behind
+    deep_economy: int = 0  # of those, decoded the cheapest way (requests were waiting on the worker)
     speech_ms: float = 0.0  # the callers' turns, first to last voiced frame
     decoded_ms: float = 0.0  # audio the recognisers decoded for them (lead-in, pauses, re-decoding)
 
     def add(self, fields: dict[str, Any]) -> None:
         self.utterances += 1
         self.economy += bool(fields.get("stt_economy"))
+        self.deep_economy += int(fields.get("stt_economy_depth") or 0) >= 2
         self.speech_ms += float(fields.get("speech_ms") or 0.0)
         self.decoded_ms += float(fields.get("stt_audio_ms") or 0.0)
 
@@ -506,6 +508,9 @@ def summarise(result: RunResult) -> dict[str, Any]:
         "economy_decoded_percent": None
         if not recognition or not recognition.utterances
         else round(100 * recognition.economy / recognition.utterances, 1),
+        "deep_economy_decoded_percent": None
+        if not recognition or not recognition.utterances
+        else round(100 * recognition.deep_economy / recognition.utterances, 1),
         "caller_wer_percent": round(100 * word_error_rate(transcribed), 1)
         if transcribed and result.heard is not None
         else None,
@@ -545,7 +550,7 @@ def format_table(summaries: Sequence[dict[str, Any]]) -> str:
     header = (
         f"{'calls':>5} {'arrivals':>8} {'drop':>4} {'turns':>5} {'p50':>6} {'p95':>6} {'p99':>6}  "
         f"{'barge-in p50/p95/max':>20} {'cpu%/call':>9} {'premature':>9} {'gaps/min':>8} {'economy%':>8} "
-        f"{'decoded':>7} {'wer%':>5}"
+        f"{'deep%':>5} {'decoded':>7} {'wer%':>5}"
     )
     rows = [header]
 
@@ -558,6 +563,7 @@ def format_table(summaries: Sequence[dict[str, Any]]) -> str:
         cpu = s["server_cpu_percent_per_call"]
         gaps = s["audio_gaps_per_minute"]
         economy = s.get("economy_decoded_percent")
+        deep = s.get("deep_economy_decoded_percent")
         decoded = s.get("decoded_audio_per_speech")
         wer = s.get("caller_wer_percent")
         rows.append(
@@ -567,12 +573,14 @@ def format_table(summaries: Sequence[dict[str, Any]]) -> str:
             f"{'-' if cpu is None else f'{cpu:.1f}':>9} {s['premature_replies']:>9} "
             f"{'-' if gaps is None else f'{gaps:.1f}':>8} "
             f"{'-' if economy is None else f'{economy:.0f}':>8} "
+            f"{'-' if deep is None else f'{deep:.0f}':>5} "
             f"{'-' if decoded is None else f'{decoded:.2f}':>7} "
             f"{'-' if wer is None else f'{wer:.1f}':>5}"
         )
     best = largest_meeting_target(summaries)
     rows.append(f"latencies in ms; largest N with p95 <= {TARGET_P95_MS:.0f} ms: {best if best else 'none'}")
-    rows.append("economy%: caller utterances decoded the cheaper way by a speech worker that was behind")
+    rows.append("economy%: caller utterances decoded a cheaper way by a speech worker that was busy")
+    rows.append("deep%: of all caller utterances, those decoded the cheapest way (requests waiting on it)")
     rows.append("decoded: caller audio the recognisers decoded per second of caller speech")
     rows.append("wer%: word error rate of the server's transcripts of the callers' lines")
     return "\n".join(rows)

@@ -7,7 +7,8 @@ would. Prints WER per voice and per sentence set, and timing / memory figures.
     .venv/bin/python bench/stt_wer.py                    # n-gram LM (the default search)
     .venv/bin/python bench/stt_wer.py --search grammar   # JSGF grammar, same audio
     .venv/bin/python bench/stt_wer.py --passes 1         # one decoding pass (SWITCHBOARD_STT_PASSES=1)
-    .venv/bin/python bench/stt_wer.py --economy          # what a speech worker that is behind decodes with
+    .venv/bin/python bench/stt_wer.py --economy          # what a speech worker that is busy decodes with
+    .venv/bin/python bench/stt_wer.py --deep-economy     # ... and one with requests waiting on it
     .venv/bin/python bench/stt_wer.py --voices m3,f2,m7 --verbose
     .venv/bin/python bench/stt_wer.py --as-call --pause-ms 600     # what a call decodes of a paused line
     .venv/bin/python bench/stt_wer.py --as-call --lead-in-ms 300 --pause-decoded-ms 10000  # all of it
@@ -130,9 +131,10 @@ def recognise_framewise(
     end_costs: list[float],
     *,
     economy: bool = False,
+    deep: bool = False,
 ) -> str:
-    if economy:
-        recognizer.start_economy_utterance()
+    if economy or deep:
+        recognizer.start_economy_utterance(deep=deep)
     else:
         recognizer.start_utterance()
     for offset in range(0, len(pcm), FRAME_BYTES):
@@ -155,6 +157,9 @@ def main() -> None:
     parser.add_argument("--voices", default="m3,f2", help="espeak-ng en-us variants to speak with")
     parser.add_argument(
         "--economy", action="store_true", help="the economy settings a speech worker that is behind uses"
+    )
+    parser.add_argument(
+        "--deep-economy", action="store_true", help="what a speech worker with requests waiting uses"
     )
     parser.add_argument("--verbose", action="store_true", help="print every misrecognised sentence")
     parser.add_argument("--as-call", action="store_true", help="decode what a call session would")
@@ -192,7 +197,8 @@ def main() -> None:
         )
         build = time.perf_counter() - started
         print(
-            f"search={args.search} passes={args.passes} economy={args.economy} smoothing={args.smoothing} "
+            f"search={args.search} passes={args.passes} economy={args.economy} deep={args.deep_economy} "
+            f"smoothing={args.smoothing} "
             f"sentences={model.files.sentence_count} "
             f"words={len(model.files.lexicon.pronunciations)} derived={list(model.files.lexicon.derived)}"
         )
@@ -243,7 +249,9 @@ def main() -> None:
                 for sentence in lines:
                     pcm = heard_as(sentence, voice)
                     audio_seconds += len(pcm) / 16000
-                    heard = recognise_framewise(recognizer, pcm, feed_costs, end_costs, economy=args.economy)
+                    heard = recognise_framewise(
+                        recognizer, pcm, feed_costs, end_costs, economy=args.economy, deep=args.deep_economy
+                    )
                     pairs.append((sentence, heard))
                 all_pairs.extend(pairs)
                 print(f"  voice en-us+{variant:7s} {label:15s} WER {word_error_rate(pairs):6.1%}")
@@ -254,7 +262,9 @@ def main() -> None:
             # The first utterance of a fresh recogniser, for every held-out line (warm-up check).
             for sentence in HELD_OUT_LINES[:8]:
                 fresh = model.new_recognizer()
-                heard = recognise_framewise(fresh, phone_line(sentence, voice), [], [], economy=args.economy)
+                heard = recognise_framewise(
+                    fresh, phone_line(sentence, voice), [], [], economy=args.economy, deep=args.deep_economy
+                )
                 first_pairs.append((sentence, heard))
         print(
             f"WER overall {word_error_rate(all_pairs):.1%} over {len(all_pairs)} utterances; "

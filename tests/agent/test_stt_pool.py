@@ -264,7 +264,7 @@ def test_a_worker_that_falls_behind_decodes_new_utterances_the_economy_way(
     busy = RecognizerPool(functools.partial(loaded, speech_model), processes=1)
     line = LINES[0]
 
-    async def scenario() -> tuple[bool, str, bool, bool]:
+    async def scenario() -> tuple[bool, str, bool, int, bool]:
         idle_start = busy.new_recognizer()
         await idle_start.start_utterance_async()
         first = idle_start.economy
@@ -283,6 +283,7 @@ def test_a_worker_that_falls_behind_decodes_new_utterances_the_economy_way(
         late = busy.new_recognizer()
         await late.start_utterance_async()
         during = late.economy
+        during_depth = late.economy_depth  # requests were waiting on the worker: deep economy
         await late.feed_async(audio[0])
         heard = await late.end_utterance_async()
         await asyncio.gather(*backlog)
@@ -292,24 +293,24 @@ def test_a_worker_that_falls_behind_decodes_new_utterances_the_economy_way(
         await late.start_utterance_async()
         after = late.economy
         await late.end_utterance_async()
-        return first, heard, during, after
+        return first, heard, during, during_depth, after
 
     try:
-        first, heard, during, after = asyncio.run(scenario())
+        first, heard, during, during_depth, after = asyncio.run(scenario())
     finally:
         busy.close()
-    assert (first, during, after) == (False, True, False)
+    assert (first, during, during_depth, after) == (False, True, 2, False)
     assert heard == line
 
 
 def test_the_request_queue_answers_urgent_requests_first_but_never_out_of_a_calls_order() -> None:
     now = [0.0]
-    queue = RequestQueue(patience_s=1.0, clock=lambda: now[0])
-    queue.add((1, "feed", 7, b"a", False))  # call 7 speaking
-    queue.add((2, "feed", 8, b"b", False))  # call 8 speaking
-    queue.add((3, "feed", 9, b"c", True))  # call 9 has paused
-    queue.add((4, "end", 8, None, False))  # call 8's final, behind its own feed
-    queue.add((5, "start", 10, None, False))
+    queue = RequestQueue(clock=lambda: now[0])
+    queue.add((1, "feed", 7, b"a", False, 0.0))  # call 7 speaking
+    queue.add((2, "feed", 8, b"b", False, 0.0))  # call 8 speaking
+    queue.add((3, "feed", 9, b"c", True, 0.0))  # call 9 has paused
+    queue.add((4, "end", 8, None, False, 0.0))  # call 8's final, behind its own feed
+    queue.add((5, "start", 10, None, False, 0.0))
     assert len(queue) == 5
     order = [queue.pop()[0] for _ in range(5)]
     # 9 (urgent) and 10's start go first; 8's final waits for 8's feed; then the oldest.
@@ -318,22 +319,23 @@ def test_the_request_queue_answers_urgent_requests_first_but_never_out_of_a_call
         queue.pop()
 
 
-def test_a_hurried_call_and_a_request_that_waited_too_long_go_first() -> None:
+def test_a_hurried_call_goes_first_and_waits_count_from_the_sending() -> None:
     now = [0.0]
-    queue = RequestQueue(patience_s=1.0, clock=lambda: now[0])
-    queue.add((0, "hurry", 5, None, True))  # nothing of call 5 waits: ignored
-    queue.add((1, "feed", 4, b"a", False))
-    queue.add((2, "feed", 5, b"b", False))
-    queue.add((3, "feed", 6, b"c", False))
-    queue.add((0, "hurry", 6, None, True))  # call 6's caller paused after sending its feed
+    queue = RequestQueue(clock=lambda: now[0])
+    now[0] = 0.3
+    queue.add((0, "hurry", 5, None, True, 0.3))  # nothing of call 5 waits: ignored
+    queue.add((1, "feed", 4, b"a", False, 0.0))  # sent at 0, arrived only now (a full socket)
+    queue.add((2, "feed", 5, b"b", False, 0.1))
+    queue.add((3, "feed", 6, b"c", False, 0.2))
+    queue.add((0, "hurry", 6, None, True, 0.3))  # call 6's caller paused after sending its feed
     assert len(queue) == 3  # a hurry is not a request
+    assert queue.oldest_wait_s() == pytest.approx(0.3)  # counted from the sending
     assert queue.pop()[0] == 3
     now[0] = 0.5
-    queue.add((4, "feed", 6, b"d", False))  # call 6 spoke again: its next feed is not urgent
-    now[0] = 1.2  # requests 1 and 2 have waited past their patience, 4 has not
-    assert [queue.pop()[0] for _ in range(3)] == [1, 2, 4]
-    with pytest.raises(ValueError, match="patience"):
-        RequestQueue(patience_s=0)
+    queue.add((4, "feed", 6, b"d", False, 0.5))  # call 6 spoke again: its next feed is not urgent
+    queue.add((5, "feed", 7, b"e", True, 0.5))  # call 7's caller is silent
+    assert [queue.pop()[0] for _ in range(4)] == [5, 1, 2, 4]  # then the oldest first
+    assert queue.oldest_wait_s() == 0.0
 
 
 def test_a_paused_callers_turn_is_decoded_ahead_of_a_busy_workers_backlog(
