@@ -265,7 +265,10 @@ def _perform(
         if operation == "new":
             recognizers[ident] = engine.new_recognizer()
         elif operation == "close":
-            recognizers.pop(ident, None)
+            closing = recognizers.pop(ident, None)
+            close = getattr(closing, "close", None)
+            if callable(close):
+                close()  # gives a borrowed decoder back (agent.stt)
         else:
             recognizer = recognizers[ident]
             if operation == "start":
