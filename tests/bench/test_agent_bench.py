@@ -66,6 +66,7 @@ def test_every_scripted_line_was_spoken_and_answered(report: dict[str, Any]) -> 
     # from the load at which they decode the cheaper way.
     assert run["utterances_decoded"] >= CALLS * (len(SCRIPT_LABELS) - 1)
     assert run["economy_decoded_percent"] == 0.0
+    assert run["deep_economy_decoded_percent"] == 0.0
     # The lead-in and the pauses inside the lines decoded with them, but not all of their silence.
     assert 1.0 < run["decoded_audio_per_speech"] < 1.3
     # What the server heard the callers say, against the script (5.2 % in a run of these two calls).
