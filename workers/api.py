@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from crm import outbox
 from crm.admin_users import StaffMember
@@ -111,13 +112,14 @@ def dead_letter_router(sessions: SessionsProvider, auth: Authenticator) -> APIRo
 
     @router.post("/admin/dead-letters/{dead_letter_id}/replay", include_in_schema=False)
     async def replay_from_page(request: Request, dead_letter_id: int) -> Response:
-        current = auth.page_session(request)
+        # Async to read the form, on the loop that paces the calls' audio: the database in the thread pool.
+        current = await run_in_threadpool(auth.page_session, request)
         form = await request.form()
         token = form.get("csrf_token")
         check_csrf(current.csrf_token, token if isinstance(token, str) else None)
         require_admin(current.staff)
         try:
-            replay_letter(sessions(), dead_letter_id)
+            await run_in_threadpool(replay_letter, sessions(), dead_letter_id)
         except ReplayError as exc:
             raise HTTPException(exc.status, str(exc)) from exc
         return RedirectResponse(f"/admin/dead-letters?done={dead_letter_id}", status_code=303)

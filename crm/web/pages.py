@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
-from crm.admin_users import authenticate
+from crm.admin_users import StaffMember, authenticate
 from crm.models import BOOKING_STATUSES
 from crm.web import operations
 from crm.web.auth import (
@@ -96,8 +96,11 @@ def pages_router(settings: AdminSettings, auth: Authenticator) -> APIRouter:
         with settings.sessions().begin() as session:
             return work(session)
 
+    # The async handlers below (they read a posted form) share the event loop that paces every call's audio
+    # in `switchboard serve`: what blocks (the database, password hashing) runs in the thread pool, as the
+    # plain `def` handlers do.
     async def posted(request: Request) -> tuple[StaffSession, FormData]:
-        current = auth.page_session(request)
+        current = await run_in_threadpool(auth.page_session, request)  # looks the member up
         form = await request.form()
         token = form.get("csrf_token")
         check_csrf(current.csrf_token, token if isinstance(token, str) else None)
@@ -124,8 +127,13 @@ def pages_router(settings: AdminSettings, auth: Authenticator) -> APIRouter:
         # Only same-site paths: an open redirect would let a link send staff anywhere after signing in.
         if not target.startswith("/admin") or target.startswith("//"):
             target = "/admin/bookings"
-        with settings.sessions()() as session:
-            member = authenticate(session, _text(form, "username"), str(form.get("password") or ""))
+        username, password = _text(form, "username"), str(form.get("password") or "")
+
+        def sign_in() -> StaffMember | None:
+            with settings.sessions()() as session:
+                return authenticate(session, username, password)  # scrypt: tens of milliseconds
+
+        member = await run_in_threadpool(sign_in)
         if member is None:
             query = urlencode({"next": target, "error": "Wrong username or password."})
             return RedirectResponse(f"/admin/login?{query}", status_code=303)
@@ -227,7 +235,7 @@ def pages_router(settings: AdminSettings, auth: Authenticator) -> APIRouter:
         async def action(request: Request, booking_id: int) -> Response:
             current, form = await posted(request)
             try:
-                run(lambda s: work(s, booking_id, current.staff.username, form))
+                await run_in_threadpool(run, lambda s: work(s, booking_id, current.staff.username, form))
             except ToolError as exc:
                 return error_page(request, current, exc)
             return RedirectResponse(f"/admin/bookings/{booking_id}?done={quote(name)}", status_code=303)
@@ -282,7 +290,8 @@ def pages_router(settings: AdminSettings, auth: Authenticator) -> APIRouter:
             if not quantity_text.isdigit():
                 raise InvalidRequest(f"quantity {quantity_text!r} is not a whole number")
             price = operations.parse_price(_text(form, "price"))
-            run(
+            await run_in_threadpool(
+                run,
                 lambda s: operations.update_inventory(
                     s,
                     sku,
@@ -291,7 +300,7 @@ def pages_router(settings: AdminSettings, auth: Authenticator) -> APIRouter:
                     quantity=int(quantity_text),
                     price=price,
                     aliases=_text(form, "aliases"),
-                )
+                ),
             )
         except ToolError as exc:
             return error_page(request, current, exc)
@@ -320,14 +329,15 @@ def pages_router(settings: AdminSettings, auth: Authenticator) -> APIRouter:
         require_admin(current.staff)
         slug = _text(form, "slug")
         try:
-            run(
+            await run_in_threadpool(
+                run,
                 lambda s: operations.save_article(
                     s,
                     slug,
                     actor=current.staff.username,
                     title=_text(form, "title"),
                     body=_text(form, "body"),
-                )
+                ),
             )
         except ToolError as exc:
             return error_page(request, current, exc)

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import re
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+import crm.admin_users
 from crm.models import AuditLog, InventoryItem, KnowledgeArticle
+from crm.passwords import verify_password
+from crm.web import operations
+from crm.web.auth import Authenticator
 from tests.crm.web.conftest import ADMIN_PASSWORD, SUPERVISOR_PASSWORD
 
 
@@ -158,3 +166,40 @@ def test_logout_ends_the_session(client: TestClient) -> None:
     token = sign_in(client)
     assert client.post("/admin/logout", data={"csrf_token": token}).status_code == 303
     assert client.get("/admin/bookings").status_code == 303
+
+
+def test_posted_forms_do_their_blocking_work_off_the_event_loop(
+    client: TestClient, agent_booking: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In `switchboard serve` the admin pages share the event loop that paces every call's audio: the
+    handlers that read a posted form are async, and password hashing (scrypt) and the database must run
+    in the thread pool from them, never on the loop."""
+    on_loop: dict[str, list[bool]] = {}
+
+    def watched(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(real)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                asyncio.get_running_loop()
+                running = True
+            except RuntimeError:
+                running = False
+            on_loop.setdefault(name, []).append(running)
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(crm.admin_users, "verify_password", watched("password", verify_password))
+    monkeypatch.setattr(Authenticator, "page_session", watched("session", Authenticator.page_session))
+    for name in ("mark_reviewed", "update_inventory", "save_article"):
+        monkeypatch.setattr(operations, name, watched(name, getattr(operations, name)))
+    token = sign_in(client)
+    assert (
+        client.post(f"/admin/bookings/{agent_booking}/review", data={"csrf_token": token}).status_code == 303
+    )
+    stock = {"csrf_token": token, "name": "Battery 24F", "quantity": "9", "price": "119.99", "aliases": ""}
+    assert client.post("/admin/inventory/BAT-24F", data=stock).status_code == 303
+    article = {"csrf_token": token, "slug": "towing", "title": "Towing", "body": "We tow."}
+    assert client.post("/admin/articles", data=article).status_code == 303
+    assert set(on_loop) == {"password", "session", "mark_reviewed", "update_inventory", "save_article"}
+    assert not any(any(calls) for calls in on_loop.values()), on_loop
