@@ -247,3 +247,96 @@ def test_a_bare_time_is_not_finalised_early_in_a_pause_the_caller_talks_on_from(
     engine = _WrappedEngine(speech_model)
     assert _answers(engine, voice, audio) == ["on tuesday at ten in the morning"]
     assert engine.starts == [1]
+
+
+class _UrgencyRecognizer:
+    """The real recogniser behind the event-loop interface a speech worker's has, recording how urgent the
+    session marks each feed and when it hurries the call."""
+
+    def __init__(self, inner: Recognizer, log: list[tuple[str, bool, int]]) -> None:
+        self._inner = inner
+        self._log = log
+
+    def start_utterance(self) -> None:
+        self._inner.start_utterance()
+
+    def feed(self, pcm16_8k: bytes) -> None:
+        self._inner.feed(pcm16_8k)
+
+    def partial(self) -> str:
+        return self._inner.partial()
+
+    def end_utterance(self) -> str:
+        return self._inner.end_utterance()
+
+    async def start_utterance_async(self) -> None:
+        self._inner.start_utterance()
+
+    async def feed_async(self, pcm16_8k: bytes, *, urgent: bool = False) -> str:
+        self._log.append(("feed", urgent, len(pcm16_8k)))
+        await asyncio.sleep(0.03)  # a worker's round trip: frames gather meanwhile
+        self._inner.feed(pcm16_8k)
+        return self._inner.partial()
+
+    async def end_utterance_async(self) -> str:
+        return self._inner.end_utterance()
+
+    def hurry(self) -> None:
+        self._log.append(("hurry", True, 0))
+
+
+class _UrgencyEngine:
+    def __init__(self, model: SpeechModel) -> None:
+        self._model = model
+        self.log: list[tuple[str, bool, int]] = []
+
+    def new_recognizer(self) -> _UrgencyRecognizer:
+        return _UrgencyRecognizer(self._model.new_recognizer(), self.log)
+
+
+def test_the_session_marks_recognition_urgent_once_the_caller_pauses(speech_model: SpeechModel) -> None:
+    """Feeds sent while the caller speaks are not urgent; once they have been silent 40 ms the session
+    hurries the call (its feed in flight) and marks its feeds urgent, until they speak again."""
+    voice = EspeakSynthesizer(variant="m3")
+    pause = bytes(int(0.3 * 8000) * 2)
+    speech = phone_line("on monday at", voice) + pause + phone_line("ten in the morning", voice)
+    audio = speech + bytes(int(1.5 * 8000) * 2)
+    policy = _Policy()
+    transport = _Transport()
+    engine = _UrgencyEngine(speech_model)
+
+    async def call() -> None:
+        with ThreadPoolExecutor(4) as executor:
+            session = CallSession(
+                call_id="urgency",
+                transport=transport,
+                policy=policy,
+                speech_model=engine,
+                synthesizer=voice,
+                transcript=_Transcript(),
+                executor=executor,
+                timings=SessionTimings(reprompt_after_s=30.0),
+            )
+            running = asyncio.create_task(session.run())
+            while not transport.played:
+                await asyncio.sleep(0.01)
+            started = time.monotonic()
+            for index, offset in enumerate(range(0, len(audio), FRAME_BYTES)):
+                session.on_audio(audio[offset : offset + FRAME_BYTES].ljust(FRAME_BYTES, b"\0"))
+                await asyncio.sleep(max(0.0, started + (index + 1) * 0.02 - time.monotonic()))
+            for _ in range(100):
+                if policy.heard:
+                    break
+                await asyncio.sleep(0.02)
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+
+    asyncio.run(call())
+    assert len(policy.heard) == 1 and "morning" in policy.heard[0][1], policy.heard
+    kinds = [(kind, urgent) for kind, urgent, _ in engine.log]
+    assert ("feed", False) in kinds  # while the caller spoke
+    assert ("feed", True) in kinds  # in the pause and after the turn
+    hurries = [index for index, (kind, _) in enumerate(kinds) if kind == "hurry"]
+    assert len(hurries) >= 2  # the mid-sentence pause and the end of the turn
+    # After the mid-sentence pause the caller spoke again: plain feeds follow the first hurry.
+    assert ("feed", False) in kinds[hurries[0] :]
