@@ -301,38 +301,9 @@ def test_the_session_marks_recognition_urgent_once_the_caller_pauses(speech_mode
     pause = bytes(int(0.3 * 8000) * 2)
     speech = phone_line("on monday at", voice) + pause + phone_line("ten in the morning", voice)
     audio = speech + bytes(int(1.5 * 8000) * 2)
-    policy = _Policy()
-    transport = _Transport()
     engine = _UrgencyEngine(speech_model)
-
-    async def call() -> None:
-        with ThreadPoolExecutor(4) as executor:
-            session = CallSession(
-                call_id="urgency",
-                transport=transport,
-                policy=policy,
-                speech_model=engine,
-                synthesizer=voice,
-                transcript=_Transcript(),
-                executor=executor,
-                timings=SessionTimings(reprompt_after_s=30.0),
-            )
-            running = asyncio.create_task(session.run())
-            while not transport.played:
-                await asyncio.sleep(0.01)
-            started = time.monotonic()
-            for index, offset in enumerate(range(0, len(audio), FRAME_BYTES)):
-                session.on_audio(audio[offset : offset + FRAME_BYTES].ljust(FRAME_BYTES, b"\0"))
-                await asyncio.sleep(max(0.0, started + (index + 1) * 0.02 - time.monotonic()))
-            for _ in range(100):
-                if policy.heard:
-                    break
-                await asyncio.sleep(0.02)
-            running.cancel()
-            await asyncio.gather(running, return_exceptions=True)
-
-    asyncio.run(call())
-    assert len(policy.heard) == 1 and "morning" in policy.heard[0][1], policy.heard
+    heard = _answers(engine, voice, audio)
+    assert len(heard) == 1 and "morning" in heard[0], heard
     kinds = [(kind, urgent) for kind, urgent, _ in engine.log]
     assert ("feed", False) in kinds  # while the caller spoke
     assert ("feed", True) in kinds  # in the pause and after the turn
