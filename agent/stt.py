@@ -31,7 +31,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -405,126 +405,84 @@ class _DecoderSettings:
 # --- Per-call recogniser and the shared model ---------------------------------------------------------------
 
 
-class _DecoderShelf:
-    """A model's decoders that no utterance is using, by depth, lent to recognisers one utterance at a
-    time. Thread-safe.
-
-    Making a decoder costs ~25 ms of CPU (it reads the model files), and a call needs up to three of them
-    (full, economy, deep economy); the cheaper ones were made when a worker fell behind, just when it could
-    least afford it. A decoder keeps nothing of a call between utterances but the cepstral mean, which the
-    recogniser carries itself, so decoders are shared: a server makes as many as utterances are decoded
-    at once, not three per call, and a new call costs nothing.
-    """
-
-    def __init__(self, settings: _DecoderSettings) -> None:
-        self._settings = settings
-        self._idle: dict[EconomyDepth, list[pocketsphinx.Decoder]] = {0: [], 1: [], 2: []}
-        self._lock = threading.Lock()
-        self.made = 0
-
-    def take(self, depth: EconomyDepth) -> pocketsphinx.Decoder:
-        with self._lock:
-            idle = self._idle[depth]
-            if idle:
-                return idle.pop()
-        decoder = self._settings.new_decoder(depth)
-        with self._lock:
-            self.made += 1
-        return decoder
-
-    def give(self, depth: EconomyDepth, decoder: pocketsphinx.Decoder) -> None:
-        with self._lock:
-            self._idle[depth].append(decoder)
-
-    def idle(self, depth: EconomyDepth) -> int:
-        with self._lock:
-            return len(self._idle[depth])
-
-
 class Recognizer:
-    """One call's recogniser. The call session drives it from one worker thread at a time; `close` may come
-    from another while an operation runs (a call that ends mid-utterance), and waits for it.
+    """One call's decoder. Not thread-safe: the call session drives it from one worker thread at a time.
 
-    Each utterance borrows a decoder from the model's shelf (`_DecoderShelf`) and gives it back when it
-    ends; the call's cepstral mean (its telephone line's normalisation) goes into the decoder at the start
-    and comes back out at the end, so an utterance on any decoder, at any depth, starts from what the
-    call's audio has adapted. `start_economy_utterance` decodes an utterance on cheaper settings.
+    With ``economy_decoder`` (a factory of a decoder at a given depth), `start_economy_utterance` decodes
+    an utterance on cheaper settings. Each cheaper decoder is made the first time it is needed; the
+    cepstral mean the call's audio has adapted moves with each switch, so a switch loses nothing of the
+    call's normalisation.
     """
 
     def __init__(
         self,
-        shelf: _DecoderShelf,
+        decoder: pocketsphinx.Decoder,
         mapping: PhoneBandMapping,
-        cepstral_mean: str | None,
-        *,
-        economy: bool = True,
+        economy_decoder: Callable[[EconomyDepth], pocketsphinx.Decoder] | None = None,
     ) -> None:
-        """`cepstral_mean`: where the call's normalisation starts (None: the decoder's default)."""
-        self._shelf = shelf
+        self._full = decoder
+        self._decoder = decoder  # the one the open (or last) utterance uses
+        self._economy_factory = economy_decoder
+        self._cheaper: dict[EconomyDepth, pocketsphinx.Decoder] = {}
         self._mapping = mapping
-        self._cmn = cepstral_mean
-        self._can_economise = economy
-        self._decoder: pocketsphinx.Decoder | None = None  # the open utterance's
-        self._busy = threading.Lock()  # held by every operation that touches the decoder
-        self._depth: EconomyDepth = 0  # of the open (or last) utterance
         self._cepstra = _CepstrumStream(mapping)
+        self._in_utterance = False
         self._frames = 0  # cepstral frames decoded in this utterance
         self._partial = ("", -_PARTIAL_EVERY)  # the last partial and the frame count it was taken at
 
     @property
     def economy(self) -> bool:
         """Whether the open (or last) utterance is decoded on cheaper settings."""
-        return self._depth > 0
+        return self._decoder is not self._full
 
     @property
     def economy_depth(self) -> EconomyDepth:
         """0: the open (or last) utterance is decoded on the full settings, 1: economy, 2: deep economy."""
-        return self._depth
+        for depth, decoder in self._cheaper.items():
+            if decoder is self._decoder:
+                return depth
+        return 0
 
     def start_economy_utterance(self, *, deep: bool = False) -> None:
         """As `start_utterance`, on the economy settings (~40 % less CPU, more errors; see the notes on
-        ``_ECONOMY_TOPN``), or with `deep` cheaper still (``_DEEP_ECONOMY_TOPN``). Without economy
-        decoders, the same as `start_utterance`."""
-        with self._busy:
-            self._start(2 if deep else 1)
+        ``_ECONOMY_TOPN``), or with `deep` cheaper still (``_DEEP_ECONOMY_TOPN``). Without an economy
+        decoder, the same as `start_utterance`."""
+        depth: EconomyDepth = 2 if deep else 1
+        decoder = self._cheaper.get(depth)
+        if decoder is None and self._economy_factory is not None:
+            try:
+                decoder = self._cheaper[depth] = self._economy_factory(depth)
+            except SttError:
+                log.exception("no economy decoder; decoding on the full settings")
+                self._economy_factory = None
+        self._start(decoder if decoder is not None else self._full)
 
     def start_utterance(self) -> None:
-        with self._busy:
-            self._start(0)
+        self._start(self._full)
 
-    def _start(self, depth: EconomyDepth) -> None:
-        if self._decoder is not None:
+    def _start(self, decoder: pocketsphinx.Decoder) -> None:
+        """Open an utterance on `decoder`, handing it the cepstral mean when it was not the last one used."""
+        if self._in_utterance:
             raise RuntimeError("start_utterance() while an utterance is open")
-        if not self._can_economise:
-            depth = 0
-        try:
-            decoder = self._shelf.take(depth)
-        except SttError:
-            if not depth:
-                raise
-            log.exception("no economy decoder; decoding on the full settings")
-            self._can_economise = False
-            depth = 0
-            decoder = self._shelf.take(depth)
-        try:
-            if self._cmn is not None:
-                decoder.set_cmn(self._cmn)
-            decoder.start_utt()
-        except (RuntimeError, ValueError) as exc:
-            raise SttError(f"pocketsphinx could not start an utterance: {exc}") from exc
-        self._decoder, self._depth = decoder, depth
+        if decoder is not self._decoder:
+            self.seed_cepstral_mean(self.cepstral_mean(), into=decoder)
+            self._decoder = decoder
         self._cepstra = _CepstrumStream(self._mapping)  # utterances are separate stretches of audio
         self._frames = 0
         self._partial = ("", -_PARTIAL_EVERY)
+        try:
+            self._decoder.start_utt()
+        except RuntimeError as exc:
+            raise SttError(f"pocketsphinx could not start an utterance: {exc}") from exc
+        self._in_utterance = True
 
     def feed(self, pcm16_8k: bytes) -> None:
         """Decode more of the utterance: 16-bit little-endian mono at 8 kHz, any length."""
-        if self._decoder is None:
+        if not self._in_utterance:
             raise RuntimeError("feed() outside an utterance; call start_utterance() first")
         if len(pcm16_8k) % 2:
             raise ValueError("PCM16 audio must have an even number of bytes")
-        with self._busy:
-            self._decode(self._cepstra.push(pcm16_8k))
+        self._decode(self._cepstra.push(pcm16_8k))
 
     def partial(self) -> str:
         """The best hypothesis so far, lower case; "" before any word is recognised.
@@ -532,50 +490,25 @@ class Recognizer:
         Taken afresh once per 40 ms of decoded audio at most (a backtrace per 20 ms feed was ~5 % of a
         loaded server's speech CPU); in between, the last one is returned.
         """
-        with self._busy:
-            if self._decoder is None:
-                return ""
-            text, taken_at = self._partial
-            if self._frames - taken_at >= _PARTIAL_EVERY:
-                text = self._hypothesis()
-                self._partial = (text, self._frames)
-            return text
+        if not self._in_utterance:
+            return ""
+        text, taken_at = self._partial
+        if self._frames - taken_at >= _PARTIAL_EVERY:
+            text = self._hypothesis()
+            self._partial = (text, self._frames)
+        return text
 
     def end_utterance(self) -> str:
         """Finish the utterance and return its final transcript, lower case."""
-        with self._busy:
-            return self._end()
-
-    def _end(self) -> str:
-        decoder = self._decoder
-        if decoder is None:
+        if not self._in_utterance:
             raise RuntimeError("end_utterance() without start_utterance()")
+        self._in_utterance = False
+        self._decode(self._cepstra.flush())
         try:
-            self._decode(self._cepstra.flush())
-            decoder.end_utt()
-            text = self._hypothesis()
-            self._cmn = str(decoder.get_cmn(False))
+            self._decoder.end_utt()
         except RuntimeError as exc:
             raise SttError(f"pocketsphinx failed to finish the utterance: {exc}") from exc
-        finally:
-            self._decoder = None  # a decoder that failed is not given back
-        self._shelf.give(self._depth, decoder)
-        return text
-
-    def close(self) -> None:
-        """The call is over: an utterance still open is dropped and its decoder given back."""
-        with self._busy:
-            self._close()
-
-    def _close(self) -> None:
-        decoder, self._decoder = self._decoder, None
-        if decoder is None:
-            return
-        try:
-            decoder.end_utt()
-        except RuntimeError:
-            return
-        self._shelf.give(self._depth, decoder)
+        return self._hypothesis()
 
     def transcribe(self, pcm16_8k: bytes) -> str:
         """A whole utterance at once (warm-up, tests, benchmarks)."""
@@ -584,20 +517,18 @@ class Recognizer:
         return self.end_utterance()
 
     def cepstral_mean(self) -> str:
-        """The call's cepstral mean (comma-separated), after the audio it has heard."""
-        if self._decoder is None and self._cmn is not None:
-            return self._cmn
-        decoder = self._decoder if self._decoder is not None else self._shelf.take(0)
+        """The decoder's current cepstral mean (comma-separated), after the audio it has heard."""
+        return str(self._decoder.get_cmn(False))
+
+    def seed_cepstral_mean(self, cmn: str, *, into: pocketsphinx.Decoder | None = None) -> None:
         try:
-            return str(decoder.get_cmn(False))
-        finally:
-            if decoder is not self._decoder:
-                self._shelf.give(0, decoder)
+            (into or self._decoder).set_cmn(cmn)
+        except (RuntimeError, ValueError) as exc:
+            raise SttError(f"pocketsphinx rejected the cepstral mean {cmn!r}: {exc}") from exc
 
     def _decode(self, cepstra: npt.NDArray[np.float32]) -> None:
         if not len(cepstra):
             return
-        assert self._decoder is not None
         self._frames += len(cepstra)
         data = cepstra.astype("<f4")
         try:
@@ -609,7 +540,6 @@ class Recognizer:
             raise SttError(f"pocketsphinx failed to decode audio: {exc}") from exc
 
     def _hypothesis(self) -> str:
-        assert self._decoder is not None
         hypothesis = self._decoder.hyp()
         return hypothesis.hypstr.lower() if hypothesis is not None and hypothesis.hypstr else ""
 
@@ -628,22 +558,6 @@ class SpeechModel:
         self.files = files
         self.mapping = mapping
         self._telephone_cmn = telephone_cmn
-        self._shelf = _DecoderShelf(settings)
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Pickled (for a worker process) without its idle decoders: each process makes its own."""
-        state = self.__dict__.copy()
-        del state["_shelf"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._shelf = _DecoderShelf(self._settings)
-
-    @property
-    def decoders_made(self) -> int:
-        """Decoders this model has made in this process (the shelf lends them out again)."""
-        return self._shelf.made
 
     @property
     def search(self) -> SearchKind:
@@ -685,11 +599,9 @@ class SpeechModel:
             passes=passes,
         )
         # Decoding the warm-up clip here also proves the files load, before the first call needs them.
-        shelf = _DecoderShelf(settings)
-        probe = Recognizer(shelf, mapping, None, economy=False)
+        probe = Recognizer(settings.new_decoder(), mapping)
         probe.transcribe(warm_up_pcm8k if warm_up_pcm8k is not None else telephone_warm_up_clip())
         model = cls(settings, files, mapping, probe.cepstral_mean())
-        model._shelf = shelf  # with the probe's decoder on it
         log.info(
             "speech model (%s) built in %.0f ms: %d sentences, %d words, derived %s, dropped %s",
             search,
@@ -702,15 +614,19 @@ class SpeechModel:
         return model
 
     def new_recognizer(self) -> Recognizer:
-        """A recogniser for one call, already adapted to telephone audio; its utterances borrow decoders
-        from the model's shelf (`_DecoderShelf`), so making one costs next to nothing.
+        """A fresh decoder for one call, already adapted to telephone audio.
 
         A cold decoder starts cepstral mean normalisation from defaults far from where phone audio sits:
         first utterances of fresh decoders had 17 % WER cold against 6 % warmed up. Decoding the
-        warm-up clip for every call costs ~0.5 s of CPU, so the clip is decoded once at build time and
-        each call starts from the cepstral mean that left behind (same 6 %).
+        warm-up clip in every new decoder costs ~0.5 s of CPU per call, so the clip is decoded once at
+        build time and each decoder starts from the cepstral mean that left behind (same 6 %, ~25 ms).
         """
-        return Recognizer(self._shelf, self.mapping, self._telephone_cmn)
+        recognizer = Recognizer(self._settings.new_decoder(), self.mapping, self._new_economy_decoder)
+        recognizer.seed_cepstral_mean(self._telephone_cmn)
+        return recognizer
+
+    def _new_economy_decoder(self, depth: EconomyDepth) -> pocketsphinx.Decoder:
+        return self._settings.new_decoder(depth)
 
 
 class SpeechModels:

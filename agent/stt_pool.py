@@ -265,10 +265,7 @@ def _perform(
         if operation == "new":
             recognizers[ident] = engine.new_recognizer()
         elif operation == "close":
-            closing = recognizers.pop(ident, None)
-            close = getattr(closing, "close", None)
-            if callable(close):
-                close()  # gives a borrowed decoder back (agent.stt)
+            recognizers.pop(ident, None)
         else:
             recognizer = recognizers[ident]
             if operation == "start":
