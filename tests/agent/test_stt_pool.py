@@ -343,7 +343,7 @@ def test_a_paused_callers_turn_is_decoded_ahead_of_a_busy_workers_backlog(
 ) -> None:
     """One worker with seconds of other calls' speech queued: the feed and final of a caller who has
     stopped speaking, and the feed of a caller hurried after sending it, come back long before that
-    backlog is decoded, and heard right."""
+    backlog is decoded, and heard as in-process."""
     busy = RecognizerPool(functools.partial(loaded, speech_model), processes=1, economy_at=None)
 
     async def scenario() -> tuple[str, str, int, int, int]:
@@ -378,7 +378,12 @@ def test_a_paused_callers_turn_is_decoded_ahead_of_a_busy_workers_backlog(
         heard, hurried_heard, after_paused, after_hurried, total = asyncio.run(scenario())
     finally:
         busy.close()
-    assert heard == LINES[0]
-    assert hurried_heard == LINES[1]
+    # As an in-process recogniser hears the same audio (espeak's voices vary a little from one synthesis
+    # to the next, so not necessarily the line itself).
+    assert heard == speech_model.new_recognizer().transcribe(audio[0])
+    local = speech_model.new_recognizer()
+    local.transcribe(audio[0])
+    assert hurried_heard == local.transcribe(audio[1])
+    assert heard and hurried_heard
     assert after_paused < total / 4
     assert after_hurried < total / 4
