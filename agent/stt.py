@@ -78,9 +78,9 @@ Passes = Literal[1, 2]
 # starts new utterances with: the 2 best Gaussians and narrower beams (beam 1e-50, word beam 1e-40).
 # Measured in CPU time (interleaved runs, as-call m3/f2 lines): real-time factor 0.046-0.051 against
 # 0.053-0.068 for economy; bench/stt_wer.py --economy, voices m3/f2/m8: WER 13.4 % against 9.3 %. In
-# `bench agent` at 70 calls (November 2026, a slow and noisy host): p95 909-1799 ms without it, 344 and
-# 368 ms with it in two of three runs (the third 1712, from one 20-second stretch), callers' WER 3.0-3.5
-# against 3.1-3.9 %.
+# `bench agent` at 70 calls (November 2026, a slow and noisy host): p95 909-1799 ms without it, 368 ms
+# with it (one run; two more with a decoder-sharing change since reverted gave 344 and 1712, the latter
+# from one 20-second stretch), callers' WER 3.0-3.5 against 3.4 %.
 _TOPN: Final = 8
 _ECONOMY_TOPN: Final = 4
 _DEEP_ECONOMY_TOPN: Final = 2
