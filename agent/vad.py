@@ -97,13 +97,22 @@ class Endpointer:
 
     def process(self, frame: bytes, *, echo: bool = False) -> SpeechStarted | SpeechEnded | None:
         """One frame in, at most one event out. ``echo``: the caller's side judged this frame an echo of
-        our own audio; it counts as unvoiced and does not move the noise floor."""
+        our own audio; it counts as unvoiced and can lower the noise floor, never raise it."""
         if len(frame) != self._frame_bytes:
             raise ValueError(f"expected a {self._frame_bytes}-byte frame of PCM16, got {len(frame)} bytes")
         frame_start_ms = self._frames_seen * self._frame_ms
         self._frames_seen += 1
         frame_end_ms = frame_start_ms + self._frame_ms
-        voiced = not echo and self._stands_out(frame) and self._vad.is_speech(frame, self._sample_rate)
+        energy_db = _energy_db(frame)
+        if echo:
+            # An echo frame says nothing of the caller's voice, but a quiet one still shows how low the line
+            # goes: without it, a call whose greeting starts at once (every frame an echo candidate) would
+            # take its floor from the caller's first loud word and hear nothing above it until the agent
+            # stopped talking.
+            self._lower_floor(energy_db)
+            voiced = False
+        else:
+            voiced = self._stands_out(energy_db) and self._vad.is_speech(frame, self._sample_rate)
 
         if not self._in_speech:
             self._voiced_run = self._voiced_run + 1 if voiced else 0
@@ -130,13 +139,20 @@ class Endpointer:
         self._in_speech = False
         return SpeechEnded(at_ms=self._last_voiced_end_ms)
 
-    def _stands_out(self, frame: bytes) -> bool:
-        samples = np.frombuffer(frame, dtype="<i2").astype(np.int64)
-        # Mean square by an integer dot product: exact, and a third the cost of float64 multiply-and-mean.
-        energy_db = 10.0 * math.log10(float(samples @ samples) / len(samples) + 1.0)
+    def _lower_floor(self, energy_db: float) -> None:
+        if self._noise_floor_db is None or energy_db < self._noise_floor_db:
+            self._noise_floor_db = energy_db
+
+    def _stands_out(self, energy_db: float) -> bool:
         floor = self._noise_floor_db
         if floor is None or energy_db < floor:
             self._noise_floor_db = energy_db
             return False
         self._noise_floor_db = floor + _FLOOR_RISE_PER_FRAME * (energy_db - floor)
         return energy_db > floor + _SPEECH_ABOVE_FLOOR_DB
+
+
+def _energy_db(frame: bytes) -> float:
+    samples = np.frombuffer(frame, dtype="<i2").astype(np.int64)
+    # Mean square by an integer dot product: exact, and a third the cost of float64 multiply-and-mean.
+    return 10.0 * math.log10(float(samples @ samples) / len(samples) + 1.0)

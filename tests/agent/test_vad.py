@@ -127,6 +127,30 @@ def test_start_needs_consecutive_voiced_frames() -> None:
     ]
 
 
+def test_speech_over_the_agent_from_the_first_frame_is_found() -> None:
+    """The agent greets at once, so every frame the caller sends from the start may be our echo, and only
+    the caller's loud frames pass the echo gate (agent.turn_taking.EchoGate). The quiet echo candidates
+    must still set the noise floor: seeded by the caller's first loud frame instead, it kept every later
+    word from standing out until the agent fell silent (the Twilio barge-in test's missing `clear`)."""
+    voice = EspeakSynthesizer(variant="m3")
+    speech = voice.synthesize_8k("I'd like to book an oil change.")
+    audio = silence(600) + speech + silence(600)
+    gate_peak = 8000  # what half the agent's loudest recent frame lets through
+    endpointer = Endpointer()
+    events = []
+    for offset in range(0, len(audio) - FRAME + 1, FRAME):
+        frame = audio[offset : offset + FRAME]
+        echo = int(np.abs(samples(frame)).max()) <= gate_peak
+        event = endpointer.process(frame, echo=echo)
+        if event is not None:
+            events.append(event)
+    loud = np.nonzero(np.abs(samples(speech)) > gate_peak)[0]
+    first_loud_ms = 600 + loud[0] / 8
+    assert events, "no speech found over the agent"
+    assert isinstance(events[0], SpeechStarted)
+    assert first_loud_ms - 20 <= events[0].at_ms <= first_loud_ms + 200
+
+
 def test_wrong_frame_size_is_refused() -> None:
     with pytest.raises(ValueError):
         Endpointer().process(bytes(160))
