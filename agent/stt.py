@@ -31,7 +31,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -75,15 +75,20 @@ Passes = Literal[1, 2]
 # accuracy for less gain: frame downsampling (ds 2) with one pass 0.050 / 9.1 % on m3/f2, and with topn 4
 # as well 0.043 / 12.1 %.
 # Deep economy: what a worker that is not just busy but behind (requests waiting, agent/stt_pool.py)
-# starts new utterances with: the 2 best Gaussians and narrower beams (beam 1e-50, word beam 1e-40).
-# Measured in CPU time (interleaved runs, as-call m3/f2 lines): real-time factor 0.046-0.051 against
-# 0.053-0.068 for economy; bench/stt_wer.py --economy, voices m3/f2/m8: WER 13.4 % against 9.3 %. In
+# starts new utterances with: narrower beams (beam 1e-50, word beam 1e-40) and frame downsampling (ds 2:
+# the codebooks' full Gaussian search every other frame, the previous frame's 4 best re-scored in between;
+# that search is most of ptm_mgau_frame_eval, itself ~55 % of a loaded worker's CPU in `perf`).
+# Measured with bench/stt_wer.py --deep-economy --as-call, voices m3/f2/m8/m7/f4 (interleaved runs,
+# November 2026): real-time factor 0.031-0.034, WER 14.7-15.1 %, against 0.037-0.038 / 14.2-14.6 % for
+# the earlier deep settings (the 2 best Gaussians, no downsampling) and 0.042 / 11.1 % for economy;
+# downsampling with the 2 best was 0.024 / 16.9 % on m3/f2/m8 (against 0.034 / 10.4-11.0 %), and phone-loop
+# lookahead off (pl_window 0) or maxhmmpf 1500 saved nothing. The earlier settings, in
 # `bench agent` at 70 calls (November 2026, a slow and noisy host): p95 909-1799 ms without it, 368 ms
-# with it (one run; two more with a decoder-sharing change since reverted gave 344 and 1712, the latter
-# from one 20-second stretch), callers' WER 3.0-3.5 against 3.4 %.
+# with it (three runs: 368, 344 and 1712, the last from one 20-second stretch), callers' WER 3.0-3.5
+# against 3.4 %.
 _TOPN: Final = 8
 _ECONOMY_TOPN: Final = 4
-_DEEP_ECONOMY_TOPN: Final = 2
+_DEEP_ECONOMY_TOPN: Final = 4
 EconomyDepth = Literal[0, 1, 2]  # full settings, economy, deep economy
 _Floats = npt.NDArray[np.float64]
 
@@ -382,7 +387,7 @@ class _DecoderSettings:
         if self.search == "grammar":
             search = {"jsgf": str(self.search_file)}
         elif depth == 2:
-            search = {"lm": str(self.search_file), "fwdflat": False, "beam": 1e-50, "wbeam": 1e-40}
+            search = {"lm": str(self.search_file), "fwdflat": False, "beam": 1e-50, "wbeam": 1e-40, "ds": 2}
         elif self.passes == 1 or depth == 1:
             search = {"lm": str(self.search_file), "fwdflat": False, "beam": 1e-60, "wbeam": 1e-48}
         else:
@@ -405,84 +410,129 @@ class _DecoderSettings:
 # --- Per-call recogniser and the shared model ---------------------------------------------------------------
 
 
-class Recognizer:
-    """One call's decoder. Not thread-safe: the call session drives it from one worker thread at a time.
+class _DecoderShelf:
+    """A model's decoders that no utterance is using, by depth, lent to recognisers one utterance at a
+    time. Thread-safe.
 
-    With ``economy_decoder`` (a factory of a decoder at a given depth), `start_economy_utterance` decodes
-    an utterance on cheaper settings. Each cheaper decoder is made the first time it is needed; the
-    cepstral mean the call's audio has adapted moves with each switch, so a switch loses nothing of the
-    call's normalisation.
+    Making a decoder costs ~25 ms of CPU (it reads the model files), and a call needs up to three of them
+    (full, economy, deep economy); the cheaper ones were made when a worker fell behind, just when it could
+    least afford it. What a decoder keeps of the audio it heard is its live normalisation, and each
+    utterance sets that afresh from the call's cepstral mean (`set_cmn` resets pocketsphinx's running sums
+    too), so a call's transcripts are the same on any decoder (tests/agent/test_stt.py). Decoders are
+    therefore shared: a server makes as many as utterances are decoded at once, not three per call, and a
+    new call costs nothing. At 100 calls in `bench agent` a speech worker's RSS went from 1.2-1.3 GiB to
+    ~450 MiB.
+    """
+
+    def __init__(self, settings: _DecoderSettings) -> None:
+        self._settings = settings
+        self._idle: dict[EconomyDepth, list[pocketsphinx.Decoder]] = {0: [], 1: [], 2: []}
+        self._lock = threading.Lock()
+        self.made = 0
+
+    def take(self, depth: EconomyDepth) -> pocketsphinx.Decoder:
+        with self._lock:
+            idle = self._idle[depth]
+            if idle:
+                return idle.pop()
+        decoder = self._settings.new_decoder(depth)
+        with self._lock:
+            self.made += 1
+        return decoder
+
+    def give(self, depth: EconomyDepth, decoder: pocketsphinx.Decoder) -> None:
+        with self._lock:
+            self._idle[depth].append(decoder)
+
+    def idle(self, depth: EconomyDepth) -> int:
+        with self._lock:
+            return len(self._idle[depth])
+
+
+class Recognizer:
+    """One call's recogniser. The call session drives it from one worker thread at a time; `close` may come
+    from another while an operation runs (a call that ends mid-utterance), and waits for it.
+
+    Each utterance borrows a decoder from the model's shelf (`_DecoderShelf`) and gives it back when it
+    ends; the call's cepstral mean (its telephone line's normalisation) goes into the decoder at the start
+    and comes back out at the end, so an utterance on any decoder, at any depth, starts from what the
+    call's audio has adapted. `start_economy_utterance` decodes an utterance on cheaper settings.
     """
 
     def __init__(
         self,
-        decoder: pocketsphinx.Decoder,
+        shelf: _DecoderShelf,
         mapping: PhoneBandMapping,
-        economy_decoder: Callable[[EconomyDepth], pocketsphinx.Decoder] | None = None,
+        cepstral_mean: str | None,
+        *,
+        economy: bool = True,
     ) -> None:
-        self._full = decoder
-        self._decoder = decoder  # the one the open (or last) utterance uses
-        self._economy_factory = economy_decoder
-        self._cheaper: dict[EconomyDepth, pocketsphinx.Decoder] = {}
+        """`cepstral_mean`: where the call's normalisation starts (None: the decoder's default)."""
+        self._shelf = shelf
         self._mapping = mapping
+        self._cmn = cepstral_mean
+        self._can_economise = economy
+        self._decoder: pocketsphinx.Decoder | None = None  # the open utterance's
+        self._busy = threading.Lock()  # held by every operation that touches the decoder
+        self._depth: EconomyDepth = 0  # of the open (or last) utterance
         self._cepstra = _CepstrumStream(mapping)
-        self._in_utterance = False
         self._frames = 0  # cepstral frames decoded in this utterance
         self._partial = ("", -_PARTIAL_EVERY)  # the last partial and the frame count it was taken at
 
     @property
     def economy(self) -> bool:
         """Whether the open (or last) utterance is decoded on cheaper settings."""
-        return self._decoder is not self._full
+        return self._depth > 0
 
     @property
     def economy_depth(self) -> EconomyDepth:
         """0: the open (or last) utterance is decoded on the full settings, 1: economy, 2: deep economy."""
-        for depth, decoder in self._cheaper.items():
-            if decoder is self._decoder:
-                return depth
-        return 0
+        return self._depth
 
     def start_economy_utterance(self, *, deep: bool = False) -> None:
         """As `start_utterance`, on the economy settings (~40 % less CPU, more errors; see the notes on
-        ``_ECONOMY_TOPN``), or with `deep` cheaper still (``_DEEP_ECONOMY_TOPN``). Without an economy
-        decoder, the same as `start_utterance`."""
-        depth: EconomyDepth = 2 if deep else 1
-        decoder = self._cheaper.get(depth)
-        if decoder is None and self._economy_factory is not None:
-            try:
-                decoder = self._cheaper[depth] = self._economy_factory(depth)
-            except SttError:
-                log.exception("no economy decoder; decoding on the full settings")
-                self._economy_factory = None
-        self._start(decoder if decoder is not None else self._full)
+        ``_ECONOMY_TOPN``), or with `deep` cheaper still (``_DEEP_ECONOMY_TOPN``). Without economy
+        decoders, the same as `start_utterance`."""
+        with self._busy:
+            self._start(2 if deep else 1)
 
     def start_utterance(self) -> None:
-        self._start(self._full)
+        with self._busy:
+            self._start(0)
 
-    def _start(self, decoder: pocketsphinx.Decoder) -> None:
-        """Open an utterance on `decoder`, handing it the cepstral mean when it was not the last one used."""
-        if self._in_utterance:
+    def _start(self, depth: EconomyDepth) -> None:
+        if self._decoder is not None:
             raise RuntimeError("start_utterance() while an utterance is open")
-        if decoder is not self._decoder:
-            self.seed_cepstral_mean(self.cepstral_mean(), into=decoder)
-            self._decoder = decoder
+        if not self._can_economise:
+            depth = 0
+        try:
+            decoder = self._shelf.take(depth)
+        except SttError:
+            if not depth:
+                raise
+            log.exception("no economy decoder; decoding on the full settings")
+            self._can_economise = False
+            depth = 0
+            decoder = self._shelf.take(depth)
+        try:
+            if self._cmn is not None:
+                decoder.set_cmn(self._cmn)
+            decoder.start_utt()
+        except (RuntimeError, ValueError) as exc:
+            raise SttError(f"pocketsphinx could not start an utterance: {exc}") from exc
+        self._decoder, self._depth = decoder, depth
         self._cepstra = _CepstrumStream(self._mapping)  # utterances are separate stretches of audio
         self._frames = 0
         self._partial = ("", -_PARTIAL_EVERY)
-        try:
-            self._decoder.start_utt()
-        except RuntimeError as exc:
-            raise SttError(f"pocketsphinx could not start an utterance: {exc}") from exc
-        self._in_utterance = True
 
     def feed(self, pcm16_8k: bytes) -> None:
         """Decode more of the utterance: 16-bit little-endian mono at 8 kHz, any length."""
-        if not self._in_utterance:
+        if self._decoder is None:
             raise RuntimeError("feed() outside an utterance; call start_utterance() first")
         if len(pcm16_8k) % 2:
             raise ValueError("PCM16 audio must have an even number of bytes")
-        self._decode(self._cepstra.push(pcm16_8k))
+        with self._busy:
+            self._decode(self._cepstra.push(pcm16_8k))
 
     def partial(self) -> str:
         """The best hypothesis so far, lower case; "" before any word is recognised.
@@ -490,25 +540,50 @@ class Recognizer:
         Taken afresh once per 40 ms of decoded audio at most (a backtrace per 20 ms feed was ~5 % of a
         loaded server's speech CPU); in between, the last one is returned.
         """
-        if not self._in_utterance:
-            return ""
-        text, taken_at = self._partial
-        if self._frames - taken_at >= _PARTIAL_EVERY:
-            text = self._hypothesis()
-            self._partial = (text, self._frames)
-        return text
+        with self._busy:
+            if self._decoder is None:
+                return ""
+            text, taken_at = self._partial
+            if self._frames - taken_at >= _PARTIAL_EVERY:
+                text = self._hypothesis()
+                self._partial = (text, self._frames)
+            return text
 
     def end_utterance(self) -> str:
         """Finish the utterance and return its final transcript, lower case."""
-        if not self._in_utterance:
+        with self._busy:
+            return self._end()
+
+    def _end(self) -> str:
+        decoder = self._decoder
+        if decoder is None:
             raise RuntimeError("end_utterance() without start_utterance()")
-        self._in_utterance = False
-        self._decode(self._cepstra.flush())
         try:
-            self._decoder.end_utt()
+            self._decode(self._cepstra.flush())
+            decoder.end_utt()
+            text = self._hypothesis()
+            self._cmn = str(decoder.get_cmn(False))
         except RuntimeError as exc:
             raise SttError(f"pocketsphinx failed to finish the utterance: {exc}") from exc
-        return self._hypothesis()
+        finally:
+            self._decoder = None  # a decoder that failed is not given back
+        self._shelf.give(self._depth, decoder)
+        return text
+
+    def close(self) -> None:
+        """The call is over: an utterance still open is dropped and its decoder given back."""
+        with self._busy:
+            self._close()
+
+    def _close(self) -> None:
+        decoder, self._decoder = self._decoder, None
+        if decoder is None:
+            return
+        try:
+            decoder.end_utt()
+        except RuntimeError:
+            return
+        self._shelf.give(self._depth, decoder)
 
     def transcribe(self, pcm16_8k: bytes) -> str:
         """A whole utterance at once (warm-up, tests, benchmarks)."""
@@ -517,18 +592,20 @@ class Recognizer:
         return self.end_utterance()
 
     def cepstral_mean(self) -> str:
-        """The decoder's current cepstral mean (comma-separated), after the audio it has heard."""
-        return str(self._decoder.get_cmn(False))
-
-    def seed_cepstral_mean(self, cmn: str, *, into: pocketsphinx.Decoder | None = None) -> None:
+        """The call's cepstral mean (comma-separated), after the audio it has heard."""
+        if self._decoder is None and self._cmn is not None:
+            return self._cmn
+        decoder = self._decoder if self._decoder is not None else self._shelf.take(0)
         try:
-            (into or self._decoder).set_cmn(cmn)
-        except (RuntimeError, ValueError) as exc:
-            raise SttError(f"pocketsphinx rejected the cepstral mean {cmn!r}: {exc}") from exc
+            return str(decoder.get_cmn(False))
+        finally:
+            if decoder is not self._decoder:
+                self._shelf.give(0, decoder)
 
     def _decode(self, cepstra: npt.NDArray[np.float32]) -> None:
         if not len(cepstra):
             return
+        assert self._decoder is not None
         self._frames += len(cepstra)
         data = cepstra.astype("<f4")
         try:
@@ -540,6 +617,7 @@ class Recognizer:
             raise SttError(f"pocketsphinx failed to decode audio: {exc}") from exc
 
     def _hypothesis(self) -> str:
+        assert self._decoder is not None
         hypothesis = self._decoder.hyp()
         return hypothesis.hypstr.lower() if hypothesis is not None and hypothesis.hypstr else ""
 
@@ -558,6 +636,22 @@ class SpeechModel:
         self.files = files
         self.mapping = mapping
         self._telephone_cmn = telephone_cmn
+        self._shelf = _DecoderShelf(settings)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (for a worker process) without its idle decoders: each process makes its own."""
+        state = self.__dict__.copy()
+        del state["_shelf"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._shelf = _DecoderShelf(self._settings)
+
+    @property
+    def decoders_made(self) -> int:
+        """Decoders this model has made in this process (the shelf lends them out again)."""
+        return self._shelf.made
 
     @property
     def search(self) -> SearchKind:
@@ -599,9 +693,11 @@ class SpeechModel:
             passes=passes,
         )
         # Decoding the warm-up clip here also proves the files load, before the first call needs them.
-        probe = Recognizer(settings.new_decoder(), mapping)
+        shelf = _DecoderShelf(settings)
+        probe = Recognizer(shelf, mapping, None, economy=False)
         probe.transcribe(warm_up_pcm8k if warm_up_pcm8k is not None else telephone_warm_up_clip())
         model = cls(settings, files, mapping, probe.cepstral_mean())
+        model._shelf = shelf  # with the probe's decoder on it
         log.info(
             "speech model (%s) built in %.0f ms: %d sentences, %d words, derived %s, dropped %s",
             search,
@@ -614,19 +710,15 @@ class SpeechModel:
         return model
 
     def new_recognizer(self) -> Recognizer:
-        """A fresh decoder for one call, already adapted to telephone audio.
+        """A recogniser for one call, already adapted to telephone audio; its utterances borrow decoders
+        from the model's shelf (`_DecoderShelf`), so making one costs next to nothing.
 
         A cold decoder starts cepstral mean normalisation from defaults far from where phone audio sits:
         first utterances of fresh decoders had 17 % WER cold against 6 % warmed up. Decoding the
-        warm-up clip in every new decoder costs ~0.5 s of CPU per call, so the clip is decoded once at
-        build time and each decoder starts from the cepstral mean that left behind (same 6 %, ~25 ms).
+        warm-up clip for every call costs ~0.5 s of CPU, so the clip is decoded once at build time and
+        each call starts from the cepstral mean that left behind (same 6 %).
         """
-        recognizer = Recognizer(self._settings.new_decoder(), self.mapping, self._new_economy_decoder)
-        recognizer.seed_cepstral_mean(self._telephone_cmn)
-        return recognizer
-
-    def _new_economy_decoder(self, depth: EconomyDepth) -> pocketsphinx.Decoder:
-        return self._settings.new_decoder(depth)
+        return Recognizer(self._shelf, self.mapping, self._telephone_cmn)
 
 
 class SpeechModels:

@@ -107,12 +107,17 @@ class BusyGauge:
         self._busy = busy
 
 
+def check_economy_at(on_at: float | None) -> None:
+    """ValueError unless `on_at` is a load in (0, 1] or None (economy decoding off)."""
+    if on_at is not None and not 0.0 < on_at <= 1.0:
+        raise ValueError(f"economy_at must be in (0, 1] or None, got {on_at}")
+
+
 class EconomySwitch:
     """Economy decoding on at ``on_at`` load and off again below ``on_at - margin`` (no flapping)."""
 
     def __init__(self, on_at: float | None, margin: float = 0.15) -> None:
-        if on_at is not None and not 0.0 < on_at <= 1.0:
-            raise ValueError(f"economy_at must be in (0, 1] or None, got {on_at}")
+        check_economy_at(on_at)
         self._on_at = on_at
         self._off_below = (on_at or 0.0) - margin
         self.on = False
@@ -265,7 +270,10 @@ def _perform(
         if operation == "new":
             recognizers[ident] = engine.new_recognizer()
         elif operation == "close":
-            recognizers.pop(ident, None)
+            closing = recognizers.pop(ident, None)
+            close = getattr(closing, "close", None)
+            if callable(close):
+                close()  # gives a borrowed decoder back (agent.stt)
         else:
             recognizer = recognizers[ident]
             if operation == "start":
@@ -575,7 +583,7 @@ class RecognizerPool:
         count = processes if processes is not None else max(1, os.cpu_count() or 1)
         if count < 1:
             raise ValueError("a recogniser pool needs at least one process")
-        EconomySwitch(economy_at)  # a bad threshold fails here, not in every worker
+        check_economy_at(economy_at)  # a bad threshold fails here, not in every worker
         # spawn, not fork: the server has threads (executor, database pools) a fork would copy mid-flight.
         context = multiprocessing.get_context("spawn")
         self._workers = [
