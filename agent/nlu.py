@@ -275,9 +275,19 @@ def parse_order_number(text: str) -> str | None:
 
 # --- intents -------------------------------------------------------------------------------------
 
+# Asking for a person: words that mean it wherever they come ("representative", "customer service"),
+# or someone asked for ("can i speak with the mechanic", "get me a manager", a lone "agent"). A role word in
+# passing is not ("my mechanic said the brakes squeal", "i'll come in person", a misheard order number
+# ending in "mechanic"): escalating those hands a caller the agent could serve to a queue.
+_ROLES = (
+    r"(?:person|someone|somebody|anyone|human|agent|rep|representative|operator|receptionist|manager"
+    r"|mechanic|technician|customer service|front desk)s?"
+)
 _PERSON = (
-    r"\b(?:person|human|agent|representative|rep|operator|receptionist|manager|mechanic|technician"
-    r"|customer service|front desk)\b|\b(?:talk|speak) (?:to|with) (?:someone|somebody|anyone|a)\b"
+    r"\b(?:human|representative|operator|receptionist|customer service|front desk|real person|live person)\b"
+    r"|\b(?:(?:talk|speak|chat) (?:to|with)|(?:get|put|connect|transfer|pass) me"
+    rf"|(?:can|could|may) i (?:have|get))\b(?:\s+\w+){{0,3}}?\s+{_ROLES}\b"
+    rf"|^(?:an? |the |your )?{_ROLES}(?: please)?$"
 )
 _GOODBYE = (
     r"\b(?:bye|goodbye|good bye|thats all|that is all|thats it|nothing else|im done|hang up"

@@ -76,6 +76,14 @@ TODAY = dt.date(2026, 11, 23)  # a Monday
         ("can i talk to a person", Intent.PERSON),
         ("let me speak to someone", Intent.PERSON),
         ("representative", Intent.PERSON),
+        ("agent", Intent.PERSON),
+        ("can i talk to the manager", Intent.PERSON),
+        ("get me a human please", Intent.PERSON),
+        ("could you connect me to your technician", Intent.PERSON),
+        ("can i speak with a mechanic", Intent.PERSON),
+        ("customer service", Intent.PERSON),
+        # A misheard order number, seen in `bench agent` under load, that used to hand the caller to a person.
+        ("i'm calling about my order b two oh have mechanic", Intent.ORDER_STATUS),
         ("no that's all thanks bye", Intent.GOODBYE),
         ("that's it", Intent.GOODBYE),
         ("goodbye", Intent.GOODBYE),
@@ -92,6 +100,20 @@ TODAY = dt.date(2026, 11, 23)  # a Monday
 )
 def test_intents(text: str, intent: Intent) -> None:
     assert classify_intent(text) is intent
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "i'll come in person",
+        "my mechanic said the brakes are squeaking",
+        "the manager told me it would be ready today",
+        "is my order ready mechanic",
+        "can you get me an appointment with a mechanic",
+    ],
+)
+def test_a_role_word_in_passing_does_not_ask_for_a_person(text: str) -> None:
+    assert classify_intent(text) is not Intent.PERSON
 
 
 @pytest.mark.parametrize(
