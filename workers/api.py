@@ -21,7 +21,7 @@ from crm import outbox
 from crm.admin_users import StaffMember
 from crm.db import IMMEDIATE
 from crm.models import DeadLetter, OutboxMessage
-from crm.web.auth import Authenticator, Forbidden, NotAuthenticated, check_csrf, require_admin
+from crm.web.auth import Authenticator, Forbidden, NotAuthenticated, require_admin
 
 SessionsProvider = Callable[[], sessionmaker[Session]]
 
@@ -113,10 +113,7 @@ def dead_letter_router(sessions: SessionsProvider, auth: Authenticator) -> APIRo
     @router.post("/admin/dead-letters/{dead_letter_id}/replay", include_in_schema=False)
     async def replay_from_page(request: Request, dead_letter_id: int) -> Response:
         # Async to read the form, on the loop that paces the calls' audio: the database in the thread pool.
-        current = await run_in_threadpool(auth.page_session, request)
-        form = await request.form()
-        token = form.get("csrf_token")
-        check_csrf(current.csrf_token, token if isinstance(token, str) else None)
+        current, _ = await auth.posted_form(request)
         require_admin(current.staff)
         try:
             await run_in_threadpool(replay_letter, sessions(), dead_letter_id)

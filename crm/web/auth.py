@@ -24,6 +24,8 @@ from typing import Any, Final
 from fastapi import Request
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
 
 from crm.admin_users import StaffMember, load_staff, revoke_sessions
 
@@ -93,6 +95,15 @@ class Authenticator:
             raise NotAuthenticated("session expired or invalid") from exc
         staff = self._staff(payload)
         return StaffSession(staff=staff, csrf_token=str(payload.get("csrf", "")))
+
+    async def posted_form(self, request: Request) -> tuple[StaffSession, FormData]:
+        """A page's POST: the signed-in member (looked up in the thread pool, off the event loop that paces
+        the calls' audio) and the form, whose CSRF token must match the session's."""
+        current = await run_in_threadpool(self.page_session, request)
+        form = await request.form()
+        token = form.get("csrf_token")
+        check_csrf(current.csrf_token, token if isinstance(token, str) else None)
+        return current, form
 
     def cookie_options(self) -> dict[str, Any]:
         return {

@@ -69,6 +69,14 @@ def _day(text: str) -> dt.date | None:
         raise InvalidRequest(f"{text!r} is not a date (YYYY-MM-DD)") from exc
 
 
+def _review(text: str) -> bool | None:
+    """The review filter: "yes" (still to review), "no" (reviewed or never needing it), "" (any)."""
+    choices = {"": None, "yes": True, "no": False}
+    if text not in choices:
+        raise InvalidRequest(f"review must be yes, no or left out, not {text[:20]!r}")
+    return choices[text]
+
+
 def _page_size(text: str) -> int:
     if not text:
         return operations.PAGE_SIZE
@@ -99,13 +107,6 @@ def pages_router(settings: AdminSettings, auth: Authenticator) -> APIRouter:
     # The async handlers below (they read a posted form) share the event loop that paces every call's audio
     # in `switchboard serve`: what blocks (the database, password hashing) runs in the thread pool, as the
     # plain `def` handlers do.
-    async def posted(request: Request) -> tuple[StaffSession, FormData]:
-        current = await run_in_threadpool(auth.page_session, request)  # looks the member up
-        form = await request.form()
-        token = form.get("csrf_token")
-        check_csrf(current.csrf_token, token if isinstance(token, str) else None)
-        return current, form
-
     def error_page(request: Request, current: StaffSession, error: ToolError) -> HTMLResponse:
         context = {"me": current, "message": str(error), "status": _status_for(error)}
         return render(request, "error.html", context, status_code=_status_for(error))
@@ -149,7 +150,7 @@ def pages_router(settings: AdminSettings, auth: Authenticator) -> APIRouter:
         response = RedirectResponse("/admin/login", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path="/admin")
         try:
-            current, _ = await posted(request)
+            current, _ = await auth.posted_form(request)
         except NotAuthenticated:
             return response  # already signed out (here or elsewhere): only the browser's copy is left
         # Server side too: the cookie stops working wherever a copy of it is (see crm.web.auth).
@@ -180,7 +181,7 @@ def pages_router(settings: AdminSettings, auth: Authenticator) -> APIRouter:
             filters = operations.BookingFilter(
                 day=_day(day),
                 status=status or None,
-                needs_review={"yes": True, "no": False}.get(review),
+                needs_review=_review(review),
                 service=service or None,
                 limit=_page_size(limit),
                 after=operations.BookingCursor.parse(after) if after else None,
@@ -233,7 +234,7 @@ def pages_router(settings: AdminSettings, auth: Authenticator) -> APIRouter:
         name: str, work: Callable[[Session, int, str, FormData], object]
     ) -> Callable[[Request, int], Any]:
         async def action(request: Request, booking_id: int) -> Response:
-            current, form = await posted(request)
+            current, form = await auth.posted_form(request)
             try:
                 await run_in_threadpool(run, lambda s: work(s, booking_id, current.staff.username, form))
             except ToolError as exc:
@@ -283,7 +284,7 @@ def pages_router(settings: AdminSettings, auth: Authenticator) -> APIRouter:
 
     @router.post("/inventory/{sku}")
     async def edit_item(request: Request, sku: str) -> Response:
-        current, form = await posted(request)
+        current, form = await auth.posted_form(request)
         require_admin(current.staff)
         try:
             quantity_text = _text(form, "quantity")
@@ -325,7 +326,7 @@ def pages_router(settings: AdminSettings, auth: Authenticator) -> APIRouter:
 
     @router.post("/articles")
     async def save_article(request: Request) -> Response:
-        current, form = await posted(request)
+        current, form = await auth.posted_form(request)
         require_admin(current.staff)
         slug = _text(form, "slug")
         try:

@@ -170,6 +170,8 @@ def test_a_booking_added_meanwhile_does_not_repeat_rows(
         ("after=2026-11-19T09:00:00_" + "9" * 30, "is not a page position"),  # beyond a 64-bit id
         ("after=2026-11-19T09:00:00_1&before=2026-11-19T09:00:00_2", "not both"),
         ("day=2026-02-30", "is not a date"),
+        ("review=maybe", "review must be yes, no or left out"),
+        ("review=YES", "review must be yes, no or left out"),
     ],
 )
 def test_bad_page_parameters_get_a_400(client: TestClient, query: str, message: str) -> None:
