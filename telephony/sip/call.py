@@ -121,8 +121,10 @@ class SipCall:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     confirmed: asyncio.Event = field(default_factory=asyncio.Event)
     agent: UserAgent | None = None
-    # Our SDP offer when the peer still owes the answer (late offer: it comes in the ACK).
+    # Our SDP offer when the peer still owes the answer (late offer: it comes in the ACK), and the CSeq
+    # number of the INVITE whose 2xx carried it: only that INVITE's ACK brings the answer.
     pending_offer: SessionDescription | None = None
+    pending_offer_cseq: int = 0
     transfer_state: TransferState | None = None
     ack: bytes = b""  # the ACK we sent for the latest 2xx to our INVITE, re-sent if that 2xx comes again
     ack_cseq: int = 0  # the CSeq number of that INVITE

@@ -5,6 +5,11 @@ then builds every in-dialog request (12.2.1.1) and checks every one that arrives
 2xx retransmission until ACK (13.3.1.4) is here too, as `AnswerRetransmitter`, because it is dialog state,
 not transaction state (RFC 6026); so is its UAC counterpart, `SentAcks`, the ACK each 2xx to our INVITEs got,
 for as long as that 2xx may come again, and the wait before an offer refused with 491 is tried again (14.1).
+
+A 2xx no call is waiting for (it came after the INVITE timed out or was given up, or from a second UAS the
+INVITE forked to) is still the UAC core's to ACK (13.2.2.4, 17.1.1.2): `SentInvites` keeps each INVITE of
+ours for as long as such a 2xx may arrive, and `answer_unwanted_2xx` builds its ACK, and the BYE that ends
+the dialog it made.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import heapq
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from telephony.sip.errors import SipParseError
 from telephony.sip.message import (
@@ -21,13 +27,16 @@ from telephony.sip.message import (
     SipRequest,
     SipResponse,
     SipUri,
-    generate_branch,
+    new_via,
     parse_cseq,
 )
-from telephony.sip.transaction import Addr, Outgoing, TimerConfig, is_reliable
+from telephony.sip.transaction import Addr, Outgoing, TimerConfig, TransactionId, is_reliable
 
 # Requests that never take part in CSeq ordering: ACK and CANCEL reuse the INVITE's number (12.2.2).
 _UNORDERED = frozenset({"ACK", "CANCEL"})
+_CREDENTIALS = ("Authorization", "Proxy-Authorization")
+
+T = TypeVar("T")
 
 
 class DialogError(Exception):
@@ -181,9 +190,7 @@ class Dialog:
             cseq = self.local_seq
         uri, routes = self._request_uri_and_routes()
         built = Headers()
-        host, port = sent_by
-        host_text = f"[{host}]" if ":" in host else host
-        built.add("Via", f"SIP/2.0/{transport.upper()} {host_text}:{port};branch={generate_branch()};rport")
+        built.add("Via", new_via(transport, *sent_by))
         for route in routes:
             built.add("Route", route)
         built.add("Max-Forwards", "70")
@@ -205,15 +212,18 @@ class Dialog:
         *,
         transport: str,
         sent_by: Addr,
+        headers: list[tuple[str, str]] | None = None,
         body: bytes = b"",
         content_type: str | None = None,
     ) -> SipRequest:
-        """13.2.2.4: the ACK for a 2xx is a new request (new branch) with the INVITE's CSeq number."""
+        """13.2.2.4: the ACK for a 2xx is a new request (new branch) with the INVITE's CSeq number;
+        `headers` are the INVITE's credentials (`invite_credentials`), which the ACK repeats."""
         return self.create_request(
             "ACK",
             transport=transport,
             sent_by=sent_by,
             cseq=invite_cseq,
+            headers=headers,
             body=body,
             content_type=content_type,
         )
@@ -324,28 +334,29 @@ class AnswerRetransmitter:
 
 @dataclass(slots=True)
 class SentAcks:
-    """The ACK we sent for each 2xx to one of our INVITEs, by Call-ID and CSeq number (13.2.2.4).
+    """The ACK we sent for each 2xx to one of our INVITEs, by dialog and CSeq number (13.2.2.4).
 
     The peer retransmits its 2xx until the ACK arrives, for up to 64*T1 (13.3.1.4); every copy must be
     ACKed, even once the call has ended on our side (our BYE crossed a 2xx to our re-INVITE), so the ACKs
-    are kept here for that long rather than on the call.
+    are kept here for that long rather than on the call. The dialog is part of the key because an INVITE
+    that forked can be answered by two UASs: each 2xx gets the ACK of its own dialog.
     """
 
     hold_s: float
-    _acks: dict[tuple[str, int], tuple[Outgoing, float]] = field(default_factory=dict)
+    _acks: dict[tuple[DialogId, int], tuple[Outgoing, float]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self._acks)
 
-    def remember(self, call_id: str, cseq: int, ack: Outgoing, now: float) -> None:
+    def remember(self, dialog: DialogId, cseq: int, ack: Outgoing, now: float) -> None:
         self._forget(now)
-        self._acks.pop((call_id, cseq), None)  # re-inserted last: the dict stays in order of expiry
-        self._acks[(call_id, cseq)] = (ack, now + self.hold_s)
+        self._acks.pop((dialog, cseq), None)  # re-inserted last: the dict stays in order of expiry
+        self._acks[(dialog, cseq)] = (ack, now + self.hold_s)
 
-    def lookup(self, call_id: str, cseq: int, now: float) -> Outgoing | None:
+    def lookup(self, dialog: DialogId, cseq: int, now: float) -> Outgoing | None:
         """The ACK to send again for a retransmitted 2xx; None when we never ACKed it (or long ago)."""
         self._forget(now)
-        entry = self._acks.get((call_id, cseq))
+        entry = self._acks.get((dialog, cseq))
         return entry[0] if entry is not None else None
 
     def _forget(self, now: float) -> None:
@@ -354,6 +365,92 @@ class SentAcks:
             if until > now:
                 return
             del self._acks[key]
+
+
+def invite_credentials(invite: SipRequest) -> list[tuple[str, str]]:
+    """The Authorization and Proxy-Authorization values of our INVITE: its ACK carries the same (13.2.2.4)."""
+    return [(name, value) for name in _CREDENTIALS for value in invite.headers.get_all(name)]
+
+
+@dataclass(frozen=True, slots=True)
+class UnwantedAnswer:
+    """What a 2xx to one of our INVITEs that no call takes any more gets: its ACK, then (for an initial
+    INVITE) a BYE for the dialog it made. None for a re-INVITE: its dialog is a call of ours, whose end
+    (a BYE sent or received) is why nothing waited for the 2xx."""
+
+    ack: SipRequest
+    bye: SipRequest | None
+
+
+def answer_unwanted_2xx(
+    invite: SipRequest,
+    response: SipResponse,
+    *,
+    transport: str,
+    sent_by: Addr,
+    headers: list[tuple[str, str]] | None = None,
+) -> UnwantedAnswer:
+    """13.2.2.4: the UAC core ACKs every 2xx to its INVITE, forked ones too, each in the dialog its To tag
+    names, and ends with BYE (section 15) a dialog it does not want. For an initial INVITE the ACK and the
+    BYE are built in the dialog the 2xx made (12.1.2); a re-INVITE's ACK goes where the re-INVITE went, by
+    its route set. `headers` go into the BYE (User-Agent). DialogError when the 2xx can make no dialog."""
+    number, _ = parse_cseq(invite.headers["CSeq"])
+    credentials = invite_credentials(invite)
+    if NameAddr.parse(invite.headers["To"]).tag is None:
+        dialog = Dialog.from_uac(invite, response)
+        ack = dialog.create_ack(number, transport=transport, sent_by=sent_by, headers=credentials)
+        bye = dialog.create_request("BYE", transport=transport, sent_by=sent_by, headers=headers)
+        return UnwantedAnswer(ack, bye)
+    built = Headers()
+    built.add("Via", new_via(transport, *sent_by))
+    for route in invite.headers.get_all("Route"):
+        built.add("Route", route)
+    built.add("Max-Forwards", "70")
+    for name in ("From", "To", "Call-ID"):
+        built.add(name, invite.headers[name])
+    built.add("CSeq", f"{number} ACK")
+    for name, value in credentials:
+        built.add(name, value)
+    return UnwantedAnswer(SipRequest("ACK", invite.uri, built), None)
+
+
+@dataclass(slots=True)
+class SentInvites(Generic[T]):
+    """Each INVITE client transaction of ours (what the caller chose to keep of it, `T`), for as long as a
+    2xx to it may arrive: while the transaction lasts (it passes retransmitted 2xx on, 17.1.1.2), then
+    `hold_s` (64*T1: how long a UAS retransmits its 2xx, 13.3.1.4) after it ended, however it ended (a
+    final response, Timer B, a transport failure)."""
+
+    hold_s: float
+    _open: dict[TransactionId, T] = field(default_factory=dict)
+    _ended: dict[TransactionId, tuple[T, float]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self._open) + len(self._ended)
+
+    def sent(self, transaction: TransactionId, item: T) -> None:
+        self._open[transaction] = item
+
+    def ended(self, transaction: TransactionId, now: float) -> None:
+        """The transaction is over; the record lasts `hold_s` more. Any other transaction: nothing."""
+        item = self._open.pop(transaction, None)
+        if item is not None:
+            self._forget(now)
+            self._ended[transaction] = (item, now + self.hold_s)  # in order of expiry: `now` only grows
+
+    def lookup(self, transaction: TransactionId, now: float) -> T | None:
+        self._forget(now)
+        if transaction in self._open:
+            return self._open[transaction]
+        entry = self._ended.get(transaction)
+        return entry[0] if entry is not None else None
+
+    def _forget(self, now: float) -> None:
+        while self._ended:
+            key, (_, until) = next(iter(self._ended.items()))
+            if until > now:
+                return
+            del self._ended[key]
 
 
 # --- glare ----------------------------------------------------------------------------------------------

@@ -455,6 +455,13 @@ def generate_branch() -> str:
     return "z9hG4bK" + secrets.token_hex(12)
 
 
+def new_via(transport: str, host: str, port: int) -> str:
+    """The Via of a new request we send from `host`:`port` (8.1.1.7): a fresh branch, and rport (RFC 3581)
+    so that answers come back to where it was sent from."""
+    host_text = f"[{host}]" if ":" in host else host
+    return f"SIP/2.0/{transport.upper()} {host_text}:{port};branch={generate_branch()};rport"
+
+
 def generate_call_id(host: str) -> str:
     return f"{secrets.token_hex(16)}@{host}"
 

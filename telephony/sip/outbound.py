@@ -39,6 +39,7 @@ from telephony.sip.message import (
     generate_branch,
     generate_call_id,
     generate_tag,
+    new_via,
     parse_cseq,
 )
 from telephony.sip.registration import Challenge, Failed, Registered, Registration, RegistrationEvent, Retry
@@ -126,6 +127,8 @@ class OutboundMixin:
             dest: Addr,
             transport: str,
             on_provisional: Callable[[SipResponse], None] | None = None,
+            *,
+            authenticator: DigestAuthenticator | None = None,
         ) -> SipResponse: ...
 
         def contact(self, transport: str) -> str: ...
@@ -136,7 +139,7 @@ class OutboundMixin:
 
         def _register_call(self, call: SipCall) -> None: ...
 
-        def _send_ack(self, call: SipCall, invite_cseq: int) -> None: ...
+        def _send_ack(self, call: SipCall, invite: SipRequest) -> None: ...
 
         def _spawn(self, coro: Awaitable[None]) -> None: ...
 
@@ -169,7 +172,9 @@ class OutboundMixin:
     ) -> tuple[SipRequest, SipResponse]:
         """Send `request`, answering 401/407 challenges; returns the request that got the final response."""
         while True:
-            response = await self.transact(request, dest, transport, on_provisional)
+            response = await self.transact(
+                request, dest, transport, on_provisional, authenticator=authenticator
+            )
             if response.status not in (401, 407) or authenticator is None:
                 return request, response
             retried = authenticator.authorize(request, response)
@@ -269,10 +274,8 @@ class OutboundMixin:
         )
 
     def _initial_invite(self, target: str, from_uri: str, transport: str, body: bytes) -> SipRequest:
-        host, port = self.sent_by(transport)
-        host_text = f"[{host}]" if ":" in host else host
         headers = Headers()
-        headers.add("Via", f"SIP/2.0/{transport} {host_text}:{port};branch={generate_branch()};rport")
+        headers.add("Via", new_via(transport, *self.sent_by(transport)))
         headers.add("Max-Forwards", "70")
         headers.add("From", f"{from_uri};tag={generate_tag()}")
         headers.add("To", f"<{target}>")
@@ -348,7 +351,7 @@ class OutboundMixin:
         box.append(call)
         call.note_allow(response)
         self._register_call(call)
-        self._send_ack(call, number)
+        self._send_ack(call, request)
         try:
             negotiated = parse_answer(offer, SessionDescription.parse(response.body))
         except (SdpError, NoCommonCodec) as exc:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from telephony.sip.address import TOKEN_RE, NameAddr, SipUri
 from telephony.sip.errors import SipParseError, SipUsageError
-from telephony.sip.message import Headers, SipRequest, generate_branch
+from telephony.sip.message import Headers, SipRequest, new_via
 
 __all__ = ["TransferProgress", "build_refer", "parse_refer_notify", "parse_sipfrag"]
 
@@ -115,9 +115,8 @@ def build_refer(
     refer_to_value = str(NameAddr(target.display, target.uri, target.params))
     referrer = _name_addr(referred_by if referred_by is not None else local_uri, "Referred-By")
     request_uri, routes = _route_request_uri(remote_target, route_set)
-    host = f"[{local_host}]" if ":" in local_host else local_host
     headers = Headers()
-    headers.add("Via", f"SIP/2.0/{transport.upper()} {host}:{local_port};branch={generate_branch()};rport")
+    headers.add("Via", new_via(transport, local_host, local_port))
     headers.add("Max-Forwards", "70")
     for route in routes:
         headers.add("Route", route)

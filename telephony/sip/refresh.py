@@ -6,7 +6,8 @@ an UPDATE that carries no offer, so there is no offer/answer to collide with the
 nothing for the media to do. Otherwise it is a re-INVITE offering our SDP unchanged, same o= version, so
 the media stays as it is too (RFC 3264 8). Either way its 2xx restarts the session timer (sections 7.4 and
 10). Every 2xx to a refresh re-INVITE is ACKed, even one that comes after our BYE (RFC 3261 13.2.2.4); the
-call then stays ended.
+call then stays ended. One that comes only after the refresh timed out (and so after the BYE that ended the
+call) is ACKed by the user agent (`UserAgent._on_unclaimed_2xx`).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class SessionRefreshMixin:
 
         def _spawn(self, coro: Awaitable[None]) -> None: ...
 
-        def _send_ack(self, call: SipCall, invite_cseq: int) -> None: ...
+        def _send_ack(self, call: SipCall, invite: SipRequest) -> None: ...
 
         def _apply_media(
             self, call: SipCall, negotiated: NegotiatedMedia, previous: NegotiatedMedia | None
@@ -102,7 +103,7 @@ class SessionRefreshMixin:
         if not isinstance(outcome, int):
             sent, response = outcome
             if sent.method == "INVITE":
-                self._send_ack(call, parse_cseq(sent.headers["CSeq"])[0])  # also when our BYE went first
+                self._send_ack(call, sent)  # also when our BYE went first
             if call.state != "terminated":
                 self._confirm_refresh(call, sent, response, agreement)
             return

@@ -5,7 +5,8 @@ targets, 2xx until ACK, ACKs until the 2xx stops), `session_timer` (RFC 4028 ref
 and `admission`; this shell feeds them datagrams and time, sends what they emit, and runs the call logic:
 answering INVITEs (early and late offer), re-INVITEs and UPDATEs for hold/resume and session refreshes,
 INFO DTMF, BYE/CANCEL, blind transfer with REFER, RTP timeouts, session expiry, and on the client side
-INVITE with digest auth, REGISTER refreshes (`outbound`), our own session refreshes (`refresh`) and CANCEL.
+INVITE with digest auth, REGISTER refreshes (`outbound`), our own session refreshes (`refresh`) and CANCEL,
+and the ACK (and BYE) for every 2xx to our INVITEs that no call takes any more.
 """
 
 from __future__ import annotations
@@ -21,8 +22,19 @@ from dataclasses import dataclass
 from telephony.jitter import PlayoutPolicy
 from telephony.media import MediaClock, RtpPortPool
 from telephony.sip.admission import AdmissionPolicy, Dropped, Refused
+from telephony.sip.auth import DigestAuthenticator
 from telephony.sip.call import CallFailed, SipCall, TransferState, dtmf_from_info
-from telephony.sip.dialog import AnswerRetransmitter, DialogError, DialogId, SentAcks, dialog_id_for_request
+from telephony.sip.dialog import (
+    AnswerRetransmitter,
+    DialogError,
+    DialogId,
+    SentAcks,
+    SentInvites,
+    answer_unwanted_2xx,
+    dialog_id_for_request,
+    dialog_id_for_response,
+    invite_credentials,
+)
 from telephony.sip.errors import SipParseError
 from telephony.sip.message import SipRequest, SipResponse, make_response, parse_cseq
 from telephony.sip.outbound import OutboundMixin, RegistrationConfig, SipTrunk
@@ -51,6 +63,7 @@ from telephony.sip.transaction import (
     TransactionTerminated,
     TransactionTimedOut,
     TransportFailed,
+    client_transaction_id,
 )
 from telephony.sip.transport import SipTransports
 from telephony.sip.uas import ALLOW, IncomingCallHandler, UasMixin, _Ringing
@@ -66,6 +79,7 @@ _DIALOG_METHODS = frozenset({"BYE", "INFO", "NOTIFY", "UPDATE"})
 RTP_TIMEOUT_REASON = 'SIP;cause=408;text="RTP timeout"'
 SESSION_EXPIRED_REASON = 'SIP;cause=408;text="Session expired"'
 TRANSFER_TIMEOUT_S = 32.0
+CLOSED_REASON = "user agent closed"
 
 
 @dataclass(slots=True, eq=False)
@@ -73,7 +87,22 @@ class _ClientWaiter:
     request: SipRequest
     dest: Addr
     transport: str
-    queue: asyncio.Queue[SipResponse | TransactionTimedOut | TransportFailed]
+    queue: asyncio.Queue[SipResponse | TransactionTimedOut | TransportFailed | _Closed]
+
+
+@dataclass(frozen=True, slots=True)
+class _Closed:
+    """Put to every client transaction's waiter by close(): its timers stop, so no answer can end it."""
+
+
+@dataclass(frozen=True, slots=True)
+class _SentInvite:
+    """An INVITE of ours, kept for the 2xx that may still come when no call waits for it any more."""
+
+    request: SipRequest
+    dest: Addr
+    transport: str
+    authenticator: DigestAuthenticator | None  # for a challenge to the BYE that ends an unwanted dialog
 
 
 class UserAgent(UasMixin, OutboundMixin, SessionRefreshMixin):
@@ -126,6 +155,7 @@ class UserAgent(UasMixin, OutboundMixin, SessionRefreshMixin):
         self._layer = TransactionLayer(self.timers)
         self._answers = AnswerRetransmitter(self.timers)
         self._acks = SentAcks(self.timers.timeout_64t1)  # as long as a peer retransmits its 2xx (13.3.1.4)
+        self._invites: SentInvites[_SentInvite] = SentInvites(self.timers.timeout_64t1)
         self._random = rng if rng is not None else random.Random()  # RFC 3261 14.1 glare waits (tests inject)
         self._transports = SipTransports(self._on_message, self._on_transport_error, client_ssl=tls_client)
         self._bind_host = "127.0.0.1"
@@ -137,6 +167,7 @@ class UserAgent(UasMixin, OutboundMixin, SessionRefreshMixin):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
         OutboundMixin.__init__(self)
 
     # --- lifecycle ----------------------------------------------------------------------------------------
@@ -159,6 +190,7 @@ class UserAgent(UasMixin, OutboundMixin, SessionRefreshMixin):
     async def start(self, host: str, port: int) -> None:
         """Listen on UDP `port` (TCP on the same number), TLS on `tls_port`; start the registrations."""
         self._loop = asyncio.get_running_loop()
+        self._closed = False  # a user agent closed earlier may be started again
         self._bind_host = host
         udp_port = await self._transports.listen_udp(host, port)
         if self._tcp:
@@ -171,7 +203,9 @@ class UserAgent(UasMixin, OutboundMixin, SessionRefreshMixin):
         self.start_registrations()
 
     async def close(self, grace_s: float = 2.0) -> None:
-        """BYE every confirmed call (waiting up to `grace_s` for the answers), unregister, stop."""
+        """BYE every confirmed call (waiting up to `grace_s` for the answers), unregister, stop. Whatever
+        still waits for a client transaction then (an `invite()` ringing out, say) fails with
+        CallFailed(503), as does every request sent from then on."""
         byes = [
             self.send_bye(call, "shutdown") for call in list(self.calls.values()) if call.state == "confirmed"
         ]
@@ -185,6 +219,9 @@ class UserAgent(UasMixin, OutboundMixin, SessionRefreshMixin):
             self._terminate(call, call.hangup_by or self._local_party(call), "shutdown")
         if self._timer is not None:
             self._timer.cancel()
+        self._closed = True
+        for waiter in self._client.values():
+            waiter.queue.put_nowait(_Closed())
         await self._transports.close()
 
     def _spawn(self, coro: Awaitable[None]) -> None:
@@ -293,12 +330,13 @@ class UserAgent(UasMixin, OutboundMixin, SessionRefreshMixin):
                 if waiter is not None:
                     waiter.queue.put_nowait(event.response)
                 else:
-                    self._reack(event.response)
+                    self._on_unclaimed_2xx(event.response)
             elif isinstance(event, StrayResponse):
-                self._reack(event.response)
+                self._on_unclaimed_2xx(event.response)
             elif isinstance(event, TransactionTimedOut | TransportFailed):
                 self._on_transaction_failure(event)
             elif isinstance(event, TransactionTerminated):
+                self._invites.ended(event.transaction, now)
                 self._ringing.pop(event.transaction, None)
                 waiter = self._client.pop(event.transaction, None)
                 if waiter is not None:  # never left waiting for a response that cannot come any more
@@ -351,11 +389,22 @@ class UserAgent(UasMixin, OutboundMixin, SessionRefreshMixin):
         dest: Addr,
         transport: str,
         on_provisional: Callable[[SipResponse], None] | None = None,
+        *,
+        authenticator: DigestAuthenticator | None = None,
     ) -> SipResponse:
-        """Run one client transaction to its final response; CallFailed(408/503) when none comes."""
+        """Run one client transaction to its final response; CallFailed(408/503) when none comes.
+
+        An INVITE is also remembered for as long as a 2xx to it may arrive, so that one arriving when
+        nothing waits for it any more still gets its ACK (and its dialog a BYE; `authenticator` answers a
+        challenge to that BYE): see `_on_unclaimed_2xx`.
+        """
+        if self._closed:
+            raise CallFailed(503, CLOSED_REASON)
         tid = self._layer.send_request(request, dest, transport, self._now())
         waiter = _ClientWaiter(request, dest, transport.upper(), asyncio.Queue())
         self._client[tid] = waiter
+        if request.method == "INVITE":
+            self._invites.sent(tid, _SentInvite(request, dest, waiter.transport, authenticator))
         self._flush()
         try:
             while True:
@@ -367,32 +416,79 @@ class UserAgent(UasMixin, OutboundMixin, SessionRefreshMixin):
                         on_provisional(item)
                 elif isinstance(item, TransactionTimedOut):
                     raise CallFailed(408, "Request Timeout")
+                elif isinstance(item, _Closed):
+                    raise CallFailed(503, CLOSED_REASON)
                 else:
                     raise CallFailed(503, "Transport Error")
         finally:
             self._client.pop(tid, None)
 
-    def _send_ack(self, call: SipCall, invite_cseq: int) -> None:
-        """ACK the 2xx to our INVITE (13.2.2.4: a new request, the INVITE's CSeq number), remembered for
-        its retransmissions even when the call ends meanwhile."""
+    def _send_ack(self, call: SipCall, invite: SipRequest) -> None:
+        """ACK the 2xx to our INVITE (13.2.2.4: a new request with the INVITE's CSeq number and
+        credentials), remembered for its retransmissions even when the call ends meanwhile."""
         transport = call.transport
-        ack = call.dialog.create_ack(invite_cseq, transport=transport, sent_by=self.sent_by(transport))
+        invite_cseq, _ = parse_cseq(invite.headers["CSeq"])
+        ack = call.dialog.create_ack(
+            invite_cseq,
+            transport=transport,
+            sent_by=self.sent_by(transport),
+            headers=invite_credentials(invite),
+        )
         call.ack, call.ack_cseq = bytes(ack), invite_cseq
         outgoing = Outgoing(call.ack, call.peer_addr, call.transport)
-        self._acks.remember(call.call_id, invite_cseq, outgoing, self._now())
+        self._acks.remember(call.dialog.id, invite_cseq, outgoing, self._now())
         self._transports.send(outgoing.data, outgoing.dest, outgoing.transport)
 
-    def _reack(self, response: SipResponse) -> None:
-        """A 2xx to our INVITE came again: our ACK was lost, send it again (13.2.2.4)."""
+    def _on_unclaimed_2xx(self, response: SipResponse) -> None:
+        """A 2xx to one of our INVITEs that no call waits for: the UAC core ACKs every one (13.2.2.4,
+        17.1.1.2). A retransmission of one we ACKed means our ACK was lost: the same ACK again. The first
+        copy of one that came too late (after Timer B, after the INVITE was given up or CANCELled, while
+        closing) or from a second UAS the INVITE forked to is ACKed, and the dialog it made ended with
+        BYE, once: its retransmissions then find the ACK above."""
         if not 200 <= response.status < 300:
             return
         try:
             number, method = parse_cseq(response.headers["CSeq"])
+            dialog_id = dialog_id_for_response(response)
+            tid = client_transaction_id(response)
         except (KeyError, SipParseError):
             return
-        ack = self._acks.lookup(response.headers.get("Call-ID") or "", number, self._now())
-        if method == "INVITE" and ack is not None:
+        if method != "INVITE" or dialog_id is None:
+            return
+        now = self._now()
+        ack = self._acks.lookup(dialog_id, number, now)
+        if ack is not None:
             self._transports.send(ack.data, ack.dest, ack.transport)
+            return
+        sent = self._invites.lookup(tid, now)
+        if sent is None:
+            return  # not an INVITE of ours, or one whose 2xx can no longer come
+        try:
+            unwanted = answer_unwanted_2xx(
+                sent.request,
+                response,
+                transport=sent.transport,
+                sent_by=self.sent_by(sent.transport),
+                headers=[("User-Agent", USER_AGENT)],
+            )
+        except (DialogError, SipParseError) as exc:
+            log.info("2xx to INVITE %s with no call to take it cannot be ACKed: %s", dialog_id.call_id, exc)
+            return
+        outgoing = Outgoing(bytes(unwanted.ack), sent.dest, sent.transport)
+        self._acks.remember(dialog_id, number, outgoing, now)
+        self._transports.send(outgoing.data, outgoing.dest, outgoing.transport)
+        if unwanted.bye is not None:
+            log.info("2xx to INVITE %s with no call to take it: ACK, then BYE", dialog_id.call_id)
+            self._spawn(self._end_unwanted_dialog(unwanted.bye, sent))
+
+    async def _end_unwanted_dialog(self, bye: SipRequest, sent: _SentInvite) -> None:
+        try:
+            response = await self.transact_authorized(bye, sent.dest, sent.transport, sent.authenticator)
+        except CallFailed as exc:
+            log.info("BYE for unwanted dialog %s got no answer: %s", bye.headers["Call-ID"], exc)
+            return
+        if response.status >= 300:
+            log.info("BYE for unwanted dialog %s answered %s", bye.headers["Call-ID"], response.status)
 
     # --- server side: dispatch ----------------------------------------------------------------------------
     def _on_request(self, event: RequestReceived, now: float) -> None:
@@ -421,7 +517,11 @@ class UserAgent(UasMixin, OutboundMixin, SessionRefreshMixin):
         elif dialog_id is not None:
             call = self._dialogs.get(dialog_id)
             if call is None:
-                self._respond(tid, request, 481)
+                ringing = self._early_dialog(dialog_id)
+                if ringing is not None:
+                    self._on_early_dialog_request(ringing, event)
+                else:
+                    self._respond(tid, request, 481)
                 return
             try:
                 call.dialog.check_request(request)

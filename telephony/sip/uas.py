@@ -1,12 +1,15 @@
 """The answering half of the user agent (RFC 3261 section 13.3, RFC 3264): INVITE, ACK, re-INVITE, CANCEL.
 
 An INVITE rings for `ring_ms`, gets its RTP port and is answered with SDP (an answer to its offer, or our
-offer when it came without one: the answer then arrives in the ACK). A re-INVITE in the dialog puts the
-media on hold or resumes it, or moves it to a new address; it never changes the codec in use. An RFC 3311
-UPDATE does the same when it carries an offer (answered in its 200), and nothing to the media when it does
-not. With session timers on, every INVITE, re-INVITE and UPDATE is also an RFC 4028 session refresh
-(telephony.sip.session_timer): 422 below our Min-SE, otherwise a 2xx naming the interval and the refresher;
-an unchanged SDP or none (a refresh) leaves the media stream exactly as it was.
+offer when it came without one: the answer then arrives in the ACK). Its 180 carries our To tag, so the
+ringing time is an early dialog (RFC 3261 12.1.1), in which the caller may send UPDATE (RFC 3311 5.1) or hang
+up with BYE (RFC 3261 15: the INVITE then gets 487, as after a CANCEL). A re-INVITE in the dialog puts the
+media on hold or resumes it, or moves it to a new address; it never changes the codec in use; one without SDP
+gets our offer in its 200, answered in the ACK. An RFC 3311 UPDATE does the same when it carries an offer
+(answered in its 200), and nothing to the media when it does not. With session timers on, every INVITE and
+re-INVITE, and every UPDATE once the call is answered, is also an RFC 4028 session refresh
+(telephony.sip.session_timer): 422 below our Min-SE, otherwise a 2xx naming the interval and the refresher; an
+unchanged SDP or none (a refresh) leaves the media stream as it was.
 """
 
 from __future__ import annotations
@@ -93,6 +96,7 @@ class UasMixin:
     _ringing: dict[TransactionId, _Ringing]
     _dialogs: dict[DialogId, SipCall]
     _session_timers: SessionTimers
+    _random: random.Random
 
     if TYPE_CHECKING:
 
@@ -233,6 +237,7 @@ class UasMixin:
             session_id=session_id,
             agent=cast("UserAgent", self),  # the mixin only ever exists as part of a UserAgent
             pending_offer=pending,
+            pending_offer_cseq=invite_cseq,
         )
         box.append(call)
         call.note_allow(request)
@@ -248,10 +253,10 @@ class UasMixin:
         if self._on_call is not None:
             self._spawn(self._run_handler(call))
 
-    def _answer_headers(self, call: SipCall, session: SessionAgreement | None) -> list[tuple[str, str]]:
+    def _answer_headers(self, transport: str, session: SessionAgreement | None) -> list[tuple[str, str]]:
         """What our 2xx to an INVITE, re-INVITE or UPDATE carries: Contact (all three are target refresh
         requests), Allow, Supported, and the session timer it sets up (RFC 4028 9)."""
-        extra = [("Contact", self.contact(call.transport)), ("Allow", ALLOW)]
+        extra = [("Contact", self.contact(transport)), ("Allow", ALLOW)]
         if self.session_timer is not None:
             extra.append(("Supported", TIMER_OPTION))
         if session is not None:
@@ -265,7 +270,7 @@ class UasMixin:
             to_tag=call.local_tag,
             body=call.local_sdp,
             content_type="application/sdp",
-            extra=self._answer_headers(call, session),
+            extra=self._answer_headers(call.transport, session),
         )
         response.headers.add("Server", SERVER)
         return response
@@ -333,17 +338,25 @@ class UasMixin:
         call = self._dialogs.get(dialog_id) if dialog_id is not None else None
         if call is None or not self._answers.acknowledge(call.dialog.id, number):
             return  # a retransmitted ACK, or one for a dialog that is gone
-        if call.pending_offer is not None:
+        if call.pending_offer is not None and number == call.pending_offer_cseq:
             offer, call.pending_offer = call.pending_offer, None
-            try:
-                negotiated = parse_answer(offer, SessionDescription.parse(ack.body))
-            except (SdpError, NoCommonCodec) as exc:
-                # 13.3.1.4 / RFC 3264: an unusable answer in the ACK leaves BYE as the only way out.
-                log.info("call %s: unusable answer in ACK (%s); hanging up", call.call_id, exc)
-                call.state = "confirmed"
-                self._spawn(self.send_bye(call, "bad-answer"))
-                return
-            self._apply_media(call, negotiated, previous=call.negotiated)
+            if not ack.body and number != call.invite_cseq:
+                # 13.2.1 puts the answer to the offer in our 2xx into the ACK, and there is none. Our offer
+                # (`_offer_in_2xx`) described the session as it stands, so the peer's previous answer still
+                # does: the session goes on as before, as after a re-INVITE that failed (14.1), rather than a
+                # working call being ended. After a late-offer INVITE there is no session to go on with.
+                log.info("call %s: no answer in the ACK to our offer; media as it was", call.call_id)
+            else:
+                try:
+                    negotiated = parse_answer(offer, SessionDescription.parse(ack.body))
+                except (SdpError, NoCommonCodec) as exc:
+                    # An unusable answer (or none to a late-offer INVITE) can no longer be refused: BYE is
+                    # the only way out, as 14.2 has the UAC do with an unusable offer in a 2xx.
+                    log.info("call %s: unusable answer in ACK (%s); hanging up", call.call_id, exc)
+                    call.state = "confirmed"
+                    self._spawn(self.send_bye(call, "bad-answer"))
+                    return
+                self._apply_media(call, negotiated, previous=call.negotiated)
         if call.state == "early":
             call.state = "confirmed"
             call.dialog.state = "confirmed"
@@ -370,18 +383,39 @@ class UasMixin:
             if not self._answer_reoffer(call, tid, request):
                 return
         else:
-            call.sdp_version += 1
-            offer = build_offer(
+            offer = self._offer_in_2xx(call)
+            call.local_sdp = bytes(offer)
+            call.pending_offer, call.pending_offer_cseq = offer, parse_cseq(request.headers["CSeq"])[0]
+        self._send_ok(tid, call, self._ok(request, call, session), session)
+
+    def _offer_in_2xx(self, call: SipCall) -> SessionDescription:
+        """The offer our 2xx carries when a re-INVITE came without one (RFC 3261 14.2): made as for a new
+        call (sendrecv, whatever the media is now), but offering only the codec in use (the stream cannot
+        change it) and keeping every m= line of our previous description in its place, refused ones with
+        port 0 (RFC 3264 8, 8.2). Its o= version is the previous one when nothing changed, which is the
+        usual case (a solicited offer as session refresh or 3pcc), and the next one otherwise (RFC 3264 8)."""
+        previous = SessionDescription.parse(call.local_sdp)
+        active = next(
+            (i for i, media in enumerate(previous.media) if media.media == "audio" and media.port != 0), 0
+        )
+
+        def offer(version: int) -> SessionDescription:
+            built = build_offer(
                 local_host=self.advertised_host,
                 local_port=call.media_port,
                 session_id=call.session_id,
-                session_version=call.sdp_version,
+                session_version=version,
                 codecs=(call.negotiated.codec,),
                 telephone_event_pt=call.negotiated.telephone_event_pt or 101,
             )
-            call.local_sdp = bytes(offer)
-            call.pending_offer = offer
-        self._send_ok(tid, call, self._ok(request, call, session), session)
+            built.media = [built.media[0] if i == active else m for i, m in enumerate(previous.media)]
+            return built
+
+        unchanged = offer(call.sdp_version)
+        if bytes(unchanged) == call.local_sdp:
+            return unchanged
+        call.sdp_version += 1
+        return offer(call.sdp_version)
 
     def _on_update(self, call: SipCall, event: RequestReceived) -> None:
         """RFC 3311 UPDATE in one of our dialogs. Without a body it is an RFC 4028 session refresh and
@@ -406,7 +440,7 @@ class UasMixin:
             if not self._answer_reoffer(call, tid, request):
                 return
             body, content_type = call.local_sdp, "application/sdp"
-        extra = self._answer_headers(call, session)
+        extra = self._answer_headers(call.transport, session)
         self._respond(tid, request, 200, body=body, content_type=content_type, extra=extra)
         if session is not None:
             self._session_timers.start(call.dialog.id, session, self._now())  # RFC 4028 10: from the 2xx on
@@ -447,6 +481,57 @@ class UasMixin:
             supported=(call.negotiated.codec,),
         )
 
+    def _early_dialog(self, dialog_id: DialogId) -> _Ringing | None:
+        """The INVITE still ringing whose 180 created this dialog (12.1.1), if any."""
+        return next((r for r in self._ringing.values() if r.dialog.id == dialog_id), None)
+
+    def _on_early_dialog_request(self, ringing: _Ringing, event: RequestReceived) -> None:
+        """A request in the early dialog of an INVITE we have not answered yet. RFC 3311 lets the caller
+        send UPDATE there (5.1), RFC 3261 15 lets it send BYE; a second INVITE cannot be taken before the
+        first has its final response (14.2); anything else still gets 481, as before.
+
+        An UPDATE without a body changes nothing but the target (it is a target refresh request, 5.2):
+        200. It is no RFC 4028 session refresh either, there being no session yet: the session timer is
+        set up by our 2xx to the INVITE. An UPDATE with an offer cannot be taken: our 180 carries no SDP and
+        is not sent reliably (no RFC 3262), so the offer/answer exchange of the INVITE never completes while
+        it rings, and the caller may offer in an UPDATE only once it has (5.1). To an INVITE with an offer
+        we have not answered yet, 5.2 prescribes the reply: 500 with a Retry-After of 0 to 10 s. A
+        late-offer INVITE (our offer is still to come, in the 2xx) gets the same: the caller's retry then
+        finds the dialog confirmed, and its UPDATE is answered like a re-INVITE's offer."""
+        request, tid = event.request, event.transaction
+        if request.method not in ("UPDATE", "BYE", "INVITE"):
+            self._respond(tid, request, 481)
+            return
+        try:
+            ringing.dialog.check_request(request)
+        except DialogError as exc:
+            self._respond(tid, request, exc.status, exc.reason)
+            return
+        if request.method == "BYE":
+            # 15.1.2: the BYE gets its 2xx, the session attempt ends, and the INVITE still pending in the
+            # dialog gets the RECOMMENDED 487, exactly as after a CANCEL: it is never answered now.
+            self._respond(tid, request, 200)
+            self._end_ringing(ringing)
+            return
+        if request.method == "INVITE" or request.body:
+            if request.method == "UPDATE":
+                content_type = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+                if content_type != "application/sdp":
+                    self._respond(tid, request, 415, extra=[("Accept", "application/sdp")])
+                    return
+            # RFC 3261 14.2 (a second INVITE before our final response to the first, lower CSeq) and RFC
+            # 3311 5.2 (an offer in an UPDATE while the INVITE's is unanswered) prescribe the same reply.
+            retry_after = str(self._random.randint(0, 10))
+            reason = "Offer Pending" if request.method == "UPDATE" else "INVITE Pending"
+            self._respond(tid, request, 500, reason, extra=[("Retry-After", retry_after)])
+            return
+        try:
+            ringing.dialog.refresh_target(request)
+        except DialogError as exc:
+            self._respond(tid, request, exc.status, exc.reason)
+            return
+        self._respond(tid, request, 200, extra=self._answer_headers(ringing.transport, None))
+
     def _on_cancel(self, event: RequestReceived) -> None:
         request, tid = event.request, event.transaction
         invite = self._layer.matching_invite(request)
@@ -454,12 +539,16 @@ class UasMixin:
             self._respond(tid, request, 481)  # 9.2: no transaction to cancel
             return
         self._respond(tid, request, 200)
-        ringing = self._ringing.pop(invite, None)
+        ringing = self._ringing.get(invite)
         if ringing is not None:
-            ringing.cancelled = True
-            invite_request = self._layer.request(invite)
-            if invite_request is not None:
-                self._respond(invite, invite_request, 487, to_tag=ringing.dialog.local_tag)
+            self._end_ringing(ringing)
+
+    def _end_ringing(self, ringing: _Ringing) -> None:
+        """The caller gave up on a ringing INVITE (CANCEL, or BYE in its early dialog): 487 (9.2, 15.1.2).
+        `_answer` then finds it gone and never answers it; its RTP port, if already open, is closed there."""
+        self._ringing.pop(ringing.transaction, None)
+        ringing.cancelled = True
+        self._respond(ringing.transaction, ringing.request, 487, to_tag=ringing.dialog.local_tag)
 
 
 def _reason(text: str) -> str:

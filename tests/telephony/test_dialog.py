@@ -1,5 +1,6 @@
 """RFC 3261 section 12 dialogs: identity, route sets, CSeq ordering, target refresh, 2xx until ACK, the ACKs
-we keep for retransmitted 2xx, and the glare wait."""
+we keep for retransmitted 2xx, the INVITEs we keep for 2xx that come when no call wants them (and the ACK
+and BYE those get), and the glare wait."""
 
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ from telephony.sip.dialog import (
     DialogError,
     DialogId,
     SentAcks,
+    SentInvites,
+    answer_unwanted_2xx,
     dialog_id_for_request,
     dialog_id_for_response,
     glare_retry_delay,
 )
 from telephony.sip.message import SipRequest, SipResponse, Via, make_response, parse_message
-from telephony.sip.transaction import Outgoing, TimerConfig
+from telephony.sip.transaction import Outgoing, TimerConfig, TransactionId
 from tests.telephony.sip_samples import load_sip
 
 US = ("198.51.100.1", 5060)
@@ -160,28 +163,123 @@ def test_responses_copy_dialog_identity() -> None:
     assert dialog_id_for_request(invite) is None
 
 
+CALL_A = DialogId("call-a", "ours", "theirs")
+CALL_B = DialogId("call-b", "ours", "theirs")
+
+
 def test_sent_acks_are_found_again_until_64_t1_after_they_were_sent() -> None:
     acks = SentAcks(hold_s=TimerConfig().timeout_64t1)
     first = Outgoing(b"ACK 7", ("192.0.2.10", 5060), "UDP")
     later = Outgoing(b"ACK 9", ("192.0.2.10", 5060), "UDP")
-    acks.remember("call-a", 7, first, now=0.0)
-    acks.remember("call-a", 9, later, now=10.0)
-    assert acks.lookup("call-a", 7, now=31.9) == first  # the 2xx to CSeq 7 came again
-    assert acks.lookup("call-a", 8, now=31.9) is None  # never ACKed by us: nothing to resend
-    assert acks.lookup("call-b", 7, now=31.9) is None
-    assert acks.lookup("call-a", 7, now=32.0) is None and len(acks) == 1  # forgotten, the later one kept
-    assert acks.lookup("call-a", 9, now=41.9) == later
-    assert acks.lookup("call-a", 9, now=42.0) is None and len(acks) == 0
+    acks.remember(CALL_A, 7, first, now=0.0)
+    acks.remember(CALL_A, 9, later, now=10.0)
+    assert acks.lookup(CALL_A, 7, now=31.9) == first  # the 2xx to CSeq 7 came again
+    assert acks.lookup(CALL_A, 8, now=31.9) is None  # never ACKed by us: nothing to resend
+    assert acks.lookup(CALL_B, 7, now=31.9) is None
+    assert acks.lookup(CALL_A, 7, now=32.0) is None and len(acks) == 1  # forgotten, the later one kept
+    assert acks.lookup(CALL_A, 9, now=41.9) == later
+    assert acks.lookup(CALL_A, 9, now=42.0) is None and len(acks) == 0
 
 
 def test_an_ack_sent_again_is_kept_from_its_last_sending() -> None:
     acks = SentAcks(hold_s=32.0)
     ack = Outgoing(b"ACK 1", ("192.0.2.10", 5060), "UDP")
-    acks.remember("call-a", 1, ack, now=0.0)
-    acks.remember("call-b", 1, ack, now=5.0)
-    acks.remember("call-a", 1, ack, now=20.0)  # the same 2xx, a new ACK for it
-    assert acks.lookup("call-b", 1, now=37.0) is None  # call-b expired first although stored second
-    assert acks.lookup("call-a", 1, now=51.9) == ack
+    acks.remember(CALL_A, 1, ack, now=0.0)
+    acks.remember(CALL_B, 1, ack, now=5.0)
+    acks.remember(CALL_A, 1, ack, now=20.0)  # the same 2xx, a new ACK for it
+    assert acks.lookup(CALL_B, 1, now=37.0) is None  # call-b expired first although stored second
+    assert acks.lookup(CALL_A, 1, now=51.9) == ack
+
+
+def test_the_two_dialogs_of_a_forked_invite_keep_their_own_acks() -> None:
+    # Same Call-ID and CSeq, two UASs (To tags): the ACK of one must never answer the other's 2xx.
+    acks = SentAcks(hold_s=32.0)
+    first_fork = DialogId("call-a", "ours", "uas-1")
+    ack = Outgoing(b"ACK to uas-1", ("192.0.2.10", 5060), "UDP")
+    acks.remember(first_fork, 1, ack, now=0.0)
+    assert acks.lookup(first_fork, 1, now=1.0) == ack
+    assert acks.lookup(DialogId("call-a", "ours", "uas-2"), 1, now=1.0) is None
+
+
+def test_sent_invites_last_as_long_as_their_transaction_then_64_t1() -> None:
+    invites: SentInvites[str] = SentInvites(hold_s=32.0)
+    early = TransactionId("client", "z9hG4bK-1", "", "INVITE")
+    long_ringing = TransactionId("client", "z9hG4bK-2", "", "INVITE")
+    invites.sent(early, "first INVITE")
+    invites.sent(long_ringing, "second INVITE")
+    invites.ended(early, now=10.0)  # e.g. Timer B
+    assert invites.lookup(early, now=41.9) == "first INVITE"  # a 2xx retransmitted until 64*T1 later
+    # A transaction still open keeps its INVITE however long it lasts (provisionals keep Timer C going).
+    assert invites.lookup(long_ringing, now=500.0) == "second INVITE"
+    assert invites.lookup(early, now=42.0) is None and len(invites) == 1
+    invites.ended(long_ringing, now=600.0)
+    invites.ended(TransactionId("client", "z9hG4bK-3", "", "BYE"), now=600.0)  # not an INVITE of ours
+    assert invites.lookup(long_ringing, now=631.9) == "second INVITE"
+    assert invites.lookup(long_ringing, now=632.0) is None and len(invites) == 0
+
+
+def our_invite(*headers: str, to_tag: str | None = None, cseq: int = 7) -> SipRequest:
+    lines = [
+        "INVITE sip:+15550100009@trunk.example SIP/2.0",
+        "Via: SIP/2.0/UDP 198.51.100.1:5060;branch=z9hG4bK-ours;rport",
+        *headers,
+        "Max-Forwards: 70",
+        "From: <sip:agent@198.51.100.1>;tag=our-tag",
+        "To: <sip:+15550100009@trunk.example>" + (f";tag={to_tag}" if to_tag else ""),
+        "Call-ID: ours-1@198.51.100.1",
+        f"CSeq: {cseq} INVITE",
+        "Contact: <sip:agent@198.51.100.1:5060>",
+        'Proxy-Authorization: Digest username="agent-7", realm="trunk.example", nonce="n-1"',
+        "Content-Length: 0",
+    ]
+    return request(("\r\n".join(lines) + "\r\n\r\n").encode())
+
+
+def test_unwanted_2xx_to_our_invite_gets_ack_then_bye_in_the_dialog_it_made() -> None:
+    invite = our_invite()
+    late = make_response(invite, 200, to_tag="uas-2", extra=[("Contact", "<sip:pbx@203.0.113.9:5080>")])
+    late.headers.add("Record-Route", "<sip:edge.example;lr>")
+    late.headers.add("Record-Route", "<sip:core.example;lr>")
+    unwanted = answer_unwanted_2xx(
+        invite, late, transport="UDP", sent_by=US, headers=[("User-Agent", "Switchboard/0.1")]
+    )
+    ack, bye = unwanted.ack, unwanted.bye
+    assert bye is not None
+    for sent in (ack, bye):
+        assert sent.uri == "sip:pbx@203.0.113.9:5080"  # the remote target: the 2xx's Contact
+        assert sent.headers.get_all("Route") == ["<sip:core.example;lr>", "<sip:edge.example;lr>"]
+        assert sent.headers["To"] == "<sip:+15550100009@trunk.example>;tag=uas-2"
+        assert sent.headers["From"] == invite.headers["From"]
+        assert sent.headers["Call-ID"] == invite.headers["Call-ID"]
+        assert Via.parse(sent.headers["Via"]).branch != Via.parse(invite.headers["Via"]).branch
+    assert ack.method == "ACK" and ack.headers["CSeq"] == "7 ACK"
+    assert ack.headers["Proxy-Authorization"] == invite.headers["Proxy-Authorization"]  # 13.2.2.4
+    assert bye.method == "BYE" and bye.headers["CSeq"] == "8 BYE"
+    assert "Proxy-Authorization" not in bye.headers  # a BYE gets its own credentials if challenged
+    assert bye.headers["User-Agent"] == "Switchboard/0.1"
+    assert dialog_id_for_response(late) == DialogId("ours-1@198.51.100.1", "our-tag", "uas-2")
+
+
+def test_unwanted_2xx_to_our_reinvite_gets_an_ack_where_the_reinvite_went_and_no_bye() -> None:
+    # The dialog's routes travel in the re-INVITE; its 2xx need not repeat them (no Record-Route here).
+    reinvite = our_invite("Route: <sip:edge.example;lr>", "Route: <sip:core.example;lr>", to_tag="theirs")
+    late = make_response(reinvite, 200, extra=[("Contact", "<sip:pbx@203.0.113.9:5080>")])
+    unwanted = answer_unwanted_2xx(reinvite, late, transport="TCP", sent_by=US)
+    ack = unwanted.ack
+    assert unwanted.bye is None  # the call this dialog carried has ended already: that is why
+    assert ack.uri == reinvite.uri
+    assert ack.headers.get_all("Route") == ["<sip:edge.example;lr>", "<sip:core.example;lr>"]
+    assert ack.headers["CSeq"] == "7 ACK" and ack.headers["To"] == reinvite.headers["To"]
+    assert ack.headers["Proxy-Authorization"] == reinvite.headers["Proxy-Authorization"]
+    assert ack.headers["Via"].startswith("SIP/2.0/TCP ")
+    assert Via.parse(ack.headers["Via"]).branch != Via.parse(reinvite.headers["Via"]).branch
+    assert dialog_id_for_request(request(bytes(ack))) == DialogId("ours-1@198.51.100.1", "theirs", "our-tag")
+
+
+def test_unwanted_2xx_without_a_to_tag_cannot_be_acked() -> None:
+    invite = our_invite()
+    with pytest.raises(DialogError):
+        answer_unwanted_2xx(invite, make_response(invite, 200), transport="UDP", sent_by=US)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """Session refreshes over real sockets against a raw peer: RFC 3311 UPDATE as a refresh from either side,
-UPDATE with an offer, glare waits by Call-ID ownership (RFC 3261 14.1), and the 2xx to our refresh
-re-INVITE that arrives after our BYE (RFC 3261 13.2.2.4).
+UPDATE with an offer, UPDATE in the early dialog of a ringing call, glare waits by Call-ID ownership (RFC
+3261 14.1), and the 2xx to our refresh
+re-INVITE that arrives after our BYE or after the refresh timed out (RFC 3261 13.2.2.4).
 
 Intervals of 2 s with a 1 s Min-SE, as in test_session_timer.py: a refresh is due 1 s after the answer,
 and a session nobody refreshes ends 1.33 s after its last refresh.
@@ -16,10 +17,11 @@ import pytest
 
 from telephony.sdp import SessionDescription
 from telephony.sip.message import SipRequest, make_response
+from telephony.sip.transaction import TimerConfig
 from telephony.sip.ua import UserAgent
 from tests.telephony import test_session_timer
 from tests.telephony.test_session_timer import StartAgent, answer_refresh, call_in
-from tests.telephony.test_ua import OFFER_G729, OFFER_PCMU, RawPeer, reply, request
+from tests.telephony.test_ua import OFFER_G729, OFFER_PCMU, RawPeer, reply, request, wait_until
 
 ALLOW_UPDATE = "Allow: INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE"
 AGENT_REFRESHES = ("Supported: timer", "Session-Expires: 2;refresher=uas")
@@ -183,6 +185,109 @@ async def test_update_outside_a_dialog_gets_481(start_agent: StartAgent) -> None
     assert "UPDATE" in (await peer.response(200)).headers.get_all("Allow")
 
 
+# --- UPDATE in the early dialog (RFC 3311 5.1, 5.2) ------------------------------------------------------
+@pytest.mark.parametrize("invite_offer", [True, False], ids=["early-offer", "late-offer"])
+async def test_update_in_the_early_dialog_while_the_call_rings(
+    start_agent: StartAgent, invite_offer: bool
+) -> None:
+    rng = RecordingRandom()
+    ua, peer, calls = await start_agent(session_expires=60, min_se=1, ring_ms=1000, rng=rng)
+    invite_body = OFFER_PCMU.format(port=9) if invite_offer else ""
+    peer.send(request("INVITE", peer.port, body=invite_body, extra=CALLER_REFRESHES), agent(ua))
+    ringing = await peer.response(180)
+    to_tag = ringing.headers["To"].split("tag=")[1]  # the 180 made the early dialog (RFC 3261 12.1.1)
+
+    # No body: nothing to negotiate, and it moves the target (a target refresh request, RFC 3311 5.2).
+    moved = update(peer, to_tag, 2, *CALLER_REFRESHES).replace(
+        b"Contact: <sip:caller@", b"Contact: <sip:moved@"
+    )
+    peer.send(moved, agent(ua))
+    answered = await peer.response()
+    assert (answered.status, answered.headers["CSeq"]) == (200, "2 UPDATE")
+    assert answered.headers["To"] == ringing.headers["To"]
+    assert answered.body == b"" and "Content-Type" not in answered.headers
+    assert "Contact" in answered.headers and "UPDATE" in answered.headers.get_all("Allow")
+    assert "Session-Expires" not in answered.headers  # no session to refresh yet: the INVITE's 2xx sets it
+
+    # An offer: the INVITE's offer/answer is not complete while it rings (no SDP in the 180, no 100rel),
+    # so RFC 3311 5.2 has it refused with 500 and a Retry-After of 0 to 10 s.
+    peer.send(update(peer, to_tag, 3, body=OFFER_PCMU.format(port=4008)), agent(ua))
+    refused = await peer.response()
+    assert (refused.status, refused.headers["CSeq"]) == (500, "3 UPDATE")
+    assert 0 <= int(refused.headers["Retry-After"]) <= 10 and rng.ranges == [(0, 10)]
+    # Not SDP: 415, as in a confirmed dialog. An old CSeq: 500 without Retry-After (RFC 3261 12.2.2).
+    peer.send(update(peer, to_tag, 4, body="hello", content_type="text/plain"), agent(ua))
+    assert (await peer.response()).status == 415
+    stale = request("UPDATE", peer.port, branch="z9hG4bK-stale", cseq=3, to_tag=to_tag)
+    peer.send(stale, agent(ua))
+    out_of_order = await peer.response()
+    assert out_of_order.status == 500 and "Retry-After" not in out_of_order.headers
+
+    # The call is then answered as always, in the same dialog, with the session timer, and the target
+    # the UPDATE set.
+    ok = await peer.response(200)
+    assert ok.headers["CSeq"] == "1 INVITE" and ok.headers["To"] == ringing.headers["To"]
+    assert ok.headers["Session-Expires"] == "2;refresher=uac"
+    ack_body = "" if invite_offer else OFFER_PCMU.format(port=9)
+    peer.send(request("ACK", peer.port, branch="z9hG4bK-ack", to_tag=to_tag, body=ack_body), agent(ua))
+    await wait_until(lambda: bool(calls))
+    call = calls[0]
+    assert call.remote_target == f"sip:moved@127.0.0.1:{peer.port}"
+    assert call.state == "confirmed" and call.media.remote == ("127.0.0.1", 9)  # the refused offer: unused
+    assert ua.session_agreement(call) is not None
+    # Confirmed now, the offer the caller was told to retry is answered in the UPDATE's 200.
+    peer.send(update(peer, to_tag, 5, body=OFFER_PCMU.format(port=4008)), agent(ua))
+    retried = await peer.response()
+    assert retried.status == 200 and sdp_direction(retried.body) == "sendrecv"
+    assert call.media.remote == ("127.0.0.1", 4008)
+
+
+async def test_reinvite_in_the_early_dialog_gets_500_with_retry_after(start_agent: StartAgent) -> None:
+    # RFC 3261 14.2: a second INVITE on the dialog before our final response to the first (lower CSeq) MUST
+    # get 500 with a random Retry-After of 0 to 10 s. The ringing INVITE is answered as always afterwards.
+    rng = RecordingRandom()
+    ua, peer, calls = await start_agent(ring_ms=1000, rng=rng)
+    peer.send(request("INVITE", peer.port, body=OFFER_PCMU.format(port=9)), agent(ua))
+    ringing = await peer.response(180)
+    to_tag = ringing.headers["To"].split("tag=")[1]
+    reinvite = request(
+        "INVITE", peer.port, branch="z9hG4bK-re", cseq=2, to_tag=to_tag, body=OFFER_PCMU.format(port=4008)
+    )
+    peer.send(reinvite, agent(ua))
+    refused = await peer.response()
+    assert (refused.status, refused.headers["CSeq"]) == (500, "2 INVITE")
+    assert refused.headers["To"] == ringing.headers["To"]
+    assert 0 <= int(refused.headers["Retry-After"]) <= 10 and rng.ranges == [(0, 10)]
+    peer.send(request("ACK", peer.port, branch="z9hG4bK-re", cseq=2, to_tag=to_tag), agent(ua))
+    ok = await peer.response(200)
+    assert ok.headers["CSeq"] == "1 INVITE" and ok.headers["To"] == ringing.headers["To"]
+    peer.send(request("ACK", peer.port, branch="z9hG4bK-ack", to_tag=to_tag), agent(ua))
+    await wait_until(lambda: bool(calls))
+    assert calls[0].media.remote == ("127.0.0.1", 9)  # the refused re-INVITE's offer was not applied
+    # The retry, now that the dialog is confirmed, is an ordinary re-INVITE.
+    retry = request(
+        "INVITE", peer.port, branch="z9hG4bK-re2", cseq=3, to_tag=to_tag, body=OFFER_PCMU.format(port=4008)
+    )
+    peer.send(retry, agent(ua))
+    assert (await peer.response(200)).headers["CSeq"] == "3 INVITE"
+    assert calls[0].media.remote == ("127.0.0.1", 4008)
+
+
+async def test_other_requests_in_the_early_dialog_and_update_after_it_ended_get_481(
+    start_agent: StartAgent,
+) -> None:
+    ua, peer, _ = await start_agent(ring_ms=3000)
+    peer.send(request("INVITE", peer.port, body=OFFER_PCMU.format(port=9)), agent(ua))
+    to_tag = (await peer.response(180)).headers["To"].split("tag=")[1]
+    peer.send(request("INFO", peer.port, branch="z9hG4bK-i", cseq=2, to_tag=to_tag), agent(ua))
+    assert (await peer.response()).status == 481  # only UPDATE, BYE and INVITE are served before the answer
+    peer.send(request("CANCEL", peer.port), agent(ua))
+    assert (await peer.response(487)).headers["CSeq"] == "1 INVITE"
+    # The CANCEL ended the early dialog: an UPDATE in it now finds nothing.
+    peer.send(update(peer, to_tag, 3), agent(ua))
+    assert (await peer.response()).status == 481
+
+
 # --- we refresh with UPDATE -------------------------------------------------------------------------------
 async def test_we_refresh_with_update_when_the_caller_allows_it(start_agent: StartAgent) -> None:
     ua, peer, calls = await start_agent(session_expires=60, min_se=1)
@@ -320,3 +425,40 @@ async def test_2xx_to_our_refresh_after_our_bye_is_acked_and_the_call_stays_ende
     assert call.negotiated.remote_port == 9  # the late answer was not applied
     assert ua.session_agreement(call) is None
     await peer.expect_silence(1.2)  # no refresh, no BYE any more: a refresh would be due 1 s on
+
+
+async def test_2xx_to_our_refresh_after_it_timed_out_is_acked_and_nothing_else(
+    start_agent: StartAgent,
+) -> None:
+    # T1 = 20 ms: the refresh re-INVITE times out (Timer B) 1.28 s after it is sent.
+    timers = TimerConfig(t1=0.02, t2=0.08, t4=0.05)
+    ua, peer, calls = await start_agent(session_expires=60, min_se=1, timers=timers)
+    await call_in(ua, peer, calls, *AGENT_REFRESHES)
+    call = calls[0]
+    refresh = await peer.request("INVITE", timeout=3)
+    # Unanswered, the refresh cannot keep the session: the agent ends it with BYE (RFC 4028 10).
+    bye = await peer.request("BYE", timeout=3)
+    peer.send(reply(bye, 200), agent(ua))
+    await wait_until(lambda: ua.open_transactions == 0, timeout=4)  # the refresh's transaction too
+    assert call.state == "terminated"
+    peer.drain()  # the refresh's retransmissions
+
+    # Its 200 comes only now. It is ACKed (13.2.2.4), where the re-INVITE went and with its CSeq ...
+    late = make_response(
+        refresh,
+        200,
+        body=OFFER_PCMU.format(port=4006).encode(),
+        content_type="application/sdp",
+        extra=[("Contact", "<sip:caller@127.0.0.1>"), ("Session-Expires", "2;refresher=uac")],
+    )
+    peer.send(bytes(late), agent(ua))
+    ack = await peer.request("ACK")
+    assert ack.headers["CSeq"] == refresh.headers["CSeq"].replace("INVITE", "ACK")
+    assert ack.uri == refresh.uri and ack.headers["To"] == refresh.headers["To"]
+    assert ack.headers["Call-ID"] == refresh.headers["Call-ID"] and ack.body == b""
+    # ... and again when it comes again; the call, already ended by its BYE, gets no second one.
+    peer.send(bytes(late), agent(ua))
+    again = await peer.request("ACK")
+    assert again.headers["Via"] == ack.headers["Via"]
+    await peer.expect_silence(0.5)
+    assert call.negotiated.remote_port == 9 and ua.calls == {}  # the late answer was not applied

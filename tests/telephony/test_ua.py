@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from telephony.media import MediaClock, RtpPortPool
+from telephony.media import MediaClock, RtpPortPool, RtpStream
 from telephony.rtp import RtpPacket
 from telephony.sdp import SessionDescription
 from telephony.sip.call import dtmf_from_info
@@ -136,9 +137,10 @@ async def harness() -> AsyncIterator[StartHarness]:
             else:
                 await call.ended.wait()
 
+        pool = options.pop("port_pool", None)
         ua = UserAgent(
             advertised_host="127.0.0.1",
-            port_pool=RtpPortPool(36000, 36999),
+            port_pool=pool if isinstance(pool, RtpPortPool) else RtpPortPool(36000, 36999),
             clock=MediaClock(),
             on_call=on_call,
             max_calls=max_calls,
@@ -376,6 +378,67 @@ async def test_cancel_while_ringing_gets_487(harness: StartHarness) -> None:
     assert (await peer.response()).status == 481
 
 
+class GatedPortPool(RtpPortPool):
+    """Holds every open() until `release` is set (the answer is then half-way: ringing over, RTP socket
+    still being opened), and remembers the ports it handed out."""
+
+    def __init__(self) -> None:
+        super().__init__(36000, 36999)
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        self.ports: list[int] = []
+
+    async def open(
+        self, host: str, factory: Callable[[], RtpStream]
+    ) -> tuple[asyncio.DatagramTransport, RtpStream, int]:
+        self.entered.set()
+        await self.release.wait()
+        opened = await super().open(host, factory)
+        self.ports.append(opened[2])
+        return opened
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("answering", [False, True], ids=["ringing", "opening-rtp"])
+async def test_bye_in_the_early_dialog_ends_the_invite_with_487(
+    harness: StartHarness, answering: bool
+) -> None:
+    # RFC 3261 15: the caller may send BYE in an early dialog; 15.1.2: 200 to it, 487 to the INVITE. The
+    # call is never answered after it, even when the BYE arrives while the RTP socket is being opened.
+    pool = GatedPortPool()
+    if not answering:
+        pool.release.set()
+    ua, peer, calls = await harness(ring_ms=0 if answering else 1000, port_pool=pool)
+    peer.send(request("INVITE", peer.port, body=OFFER_PCMU.format(port=9)), ("127.0.0.1", ua.port))
+    ringing = await peer.response(180)
+    to_tag = ringing.headers["To"].split("tag=")[1]
+    if answering:
+        await asyncio.wait_for(pool.entered.wait(), 2)
+    bye = request("BYE", peer.port, branch="z9hG4bK-bye", cseq=2, to_tag=to_tag)
+    peer.send(bye, ("127.0.0.1", ua.port))
+    responses = [await peer.response(), await peer.response()]
+    assert sorted((r.status, r.headers["CSeq"]) for r in responses) == [(200, "2 BYE"), (487, "1 INVITE")]
+    assert all(r.headers["To"] == ringing.headers["To"] for r in responses)
+    peer.send(request("ACK", peer.port, to_tag=to_tag), ("127.0.0.1", ua.port))
+    pool.release.set()
+    await asyncio.sleep(1.1 if not answering else 0.1)  # past the ring time / the socket's opening
+    await peer.expect_silence(0.5)  # no 200 to the INVITE, ever
+    assert not ua.calls and not calls
+    assert len(pool.ports) == (1 if answering else 0)  # a socket opened before the BYE was seen: closed
+    await wait_until(lambda: all(port_is_free(port) for port in pool.ports))
+    # The dialog is gone with the INVITE: another BYE in it finds nothing.
+    peer.send(request("BYE", peer.port, branch="z9hG4bK-bye2", cseq=3, to_tag=to_tag), ("127.0.0.1", ua.port))
+    assert (await peer.response()).status == 481
+
+
 # --- admission -----------------------------------------------------------------------------------------
 
 
@@ -544,6 +607,118 @@ async def test_late_offer_initial_invite_takes_the_answer_from_the_ack(harness: 
     await wait_until(lambda: call.media.direction == "sendonly")
     assert rtp_peer.transport is not None
     rtp_peer.transport.close()
+
+
+def sdp_version(body: bytes) -> int:
+    return int(SessionDescription.parse(body).origin.split()[2])  # o=<user> <id> <version> ...
+
+
+async def solicit_offer(ua: UserAgent, peer: RawPeer, tag: str, cseq: int, answer: str) -> SipResponse:
+    """A re-INVITE without SDP (RFC 3261 14.2); its 200 carries our offer, and `answer` goes in the ACK."""
+    peer.send(
+        request("INVITE", peer.port, branch=f"z9hG4bK-so{cseq}", cseq=cseq, to_tag=tag),
+        ("127.0.0.1", ua.port),
+    )
+    offered = await peer.response(200)
+    assert offered.headers["CSeq"] == f"{cseq} INVITE"
+    assert offered.headers["Content-Type"] == "application/sdp"
+    peer.send(
+        request("ACK", peer.port, branch=f"z9hG4bK-sa{cseq}", cseq=cseq, to_tag=tag, body=answer),
+        ("127.0.0.1", ua.port),
+    )
+    return offered
+
+
+async def test_reinvite_without_sdp_gets_our_offer_and_the_ack_brings_the_answer(
+    harness: StartHarness,
+) -> None:
+    ua, peer, calls = await harness()
+    ok = await answered_call(ua, peer, media_port=40000)
+    tag = await confirmed_call_from(ua, peer, calls, ok)
+    call = calls[0]
+
+    # Nothing changed since our answer: the offer is that description, o= version and all (RFC 3264 8).
+    first = await solicit_offer(ua, peer, tag, 2, hold_offer(40002, "recvonly"))
+    assert first.body == ok.body
+    await wait_until(lambda: call.media.direction == "sendonly")  # the answer in the ACK is applied
+    assert call.media.remote == ("127.0.0.1", 40002)
+
+    # An ACK without the answer: the session goes on exactly as it was; no BYE.
+    second = await solicit_offer(ua, peer, tag, 3, "")
+    assert second.body == ok.body
+    await peer.expect_silence(0.6)  # our 200 is not resent either: the ACK was taken
+    assert call.state == "confirmed" and call.media.direction == "sendonly"
+    assert call.media.remote == ("127.0.0.1", 40002)
+
+    # The caller holds us with an offer; our answer says recvonly (a new version). A solicited offer is
+    # made as for a new call (sendrecv), so it differs from that answer: the next version again.
+    peer.send(
+        request(
+            "INVITE", peer.port, branch="z9hG4bK-h4", cseq=4, to_tag=tag, body=hold_offer(40002, "sendonly")
+        ),
+        ("127.0.0.1", ua.port),
+    )
+    held = await peer.response(200)
+    assert sdp_version(held.body) == sdp_version(ok.body) + 1
+    peer.send(request("ACK", peer.port, branch="z9hG4bK-ha4", cseq=4, to_tag=tag), ("127.0.0.1", ua.port))
+    third = await solicit_offer(ua, peer, tag, 5, hold_offer(40002, "sendrecv", version=3))
+    assert sdp_version(third.body) == sdp_version(held.body) + 1
+    offer = SessionDescription.parse(third.body)
+    assert offer.media_direction(offer.media[0]) == "sendrecv" and offer.media[0].formats == [0, 101]
+    await wait_until(lambda: call.media.direction == "sendrecv")
+
+    # An answer we cannot use (it drops the only codec we offered) cannot be refused any more: BYE.
+    await solicit_offer(ua, peer, tag, 6, OFFER_G729.format(port=40002))
+    bye = await peer.request("BYE")
+    peer.send(reply(bye, 200), ("127.0.0.1", ua.port))
+    await asyncio.wait_for(call.ended.wait(), 2)
+    assert call.end_reason == "bad-answer" and call.hangup_by == "agent"
+
+
+OFFER_WITH_VIDEO = OFFER_PCMU + "m=video {video} RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"
+
+
+async def test_our_offer_keeps_the_stream_we_refused_in_its_place(harness: StartHarness) -> None:
+    ua, peer, calls = await harness()
+    invite = request("INVITE", peer.port, body=OFFER_WITH_VIDEO.format(port=40000, video=40010))
+    peer.send(invite, ("127.0.0.1", ua.port))
+    ok = await peer.response(200)
+    answer = SessionDescription.parse(ok.body)
+    assert [(m.media, m.port == 0) for m in answer.media] == [("audio", False), ("video", True)]
+    tag = await confirmed_call_from(ua, peer, calls, ok)
+
+    # RFC 3264 8: the new offer keeps every m= line; the refused video stays refused (port 0), in place.
+    offered = await solicit_offer(ua, peer, tag, 2, OFFER_WITH_VIDEO.format(port=40004, video=0))
+    offer = SessionDescription.parse(offered.body)
+    assert [(m.media, m.port == 0) for m in offer.media] == [("audio", False), ("video", True)]
+    assert offered.body == ok.body  # and so nothing changed: same version
+    await wait_until(lambda: calls[0].media.remote == ("127.0.0.1", 40004))
+
+
+async def test_reinvite_without_sdp_before_the_ack_of_the_invite(harness: StartHarness) -> None:
+    ua, peer, _ = await harness()
+    ok = await answered_call(ua, peer, media_port=40000)
+    tag = ok.headers["To"].split("tag=")[1]
+    [call] = ua.calls.values()
+    # The re-INVITE overtakes the INVITE's ACK (RFC 5407 3.1.5); its 200 carries our offer.
+    peer.send(
+        request("INVITE", peer.port, branch="z9hG4bK-early", cseq=2, to_tag=tag), ("127.0.0.1", ua.port)
+    )
+    offered = await peer.response(200)
+    assert offered.headers["CSeq"] == "2 INVITE" and offered.body == ok.body
+    # The INVITE's ACK has no SDP, rightly: the answer to our offer comes in the re-INVITE's ACK only.
+    peer.send(request("ACK", peer.port, branch="z9hG4bK-ack", to_tag=tag), ("127.0.0.1", ua.port))
+    await wait_until(lambda: call.state == "confirmed")
+    peer.send(
+        request(
+            "ACK", peer.port, branch="z9hG4bK-ack2", cseq=2, to_tag=tag, body=hold_offer(40006, "sendrecv")
+        ),
+        ("127.0.0.1", ua.port),
+    )
+    await wait_until(lambda: call.media.remote == ("127.0.0.1", 40006))
+    peer.drain()
+    await peer.expect_silence(0.6)  # no BYE
+    assert call.state == "confirmed"
 
 
 async def test_rtp_timeout_sends_bye_with_reason(harness: StartHarness) -> None:

@@ -1,4 +1,5 @@
-"""The user agent as a client: INVITE through a trunk with digest auth, CANCEL, REGISTER with refresh."""
+"""The user agent as a client: INVITE through a trunk with digest auth, CANCEL, REGISTER with refresh, and
+the 2xx that comes when no call wants it any more (after Timer B, across our CANCEL, from a second fork)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from telephony.media import MediaClock, RtpPortPool
 from telephony.sip.auth import Credentials, verify_digest
-from telephony.sip.message import SipRequest, Via, make_response
+from telephony.sip.message import SipRequest, SipResponse, Via, make_response
 from telephony.sip.outbound import RegistrationConfig, SipTrunk
 from telephony.sip.transaction import TimerConfig
 from telephony.sip.ua import CallFailed, UserAgent
@@ -93,6 +94,8 @@ async def test_invite_through_a_trunk_answers_a_407_challenge(client: Start) -> 
     ack2 = await peer.request("ACK")
     assert ack2.headers["CSeq"] == second.headers["CSeq"].replace("INVITE", "ACK")
     assert Via.parse(ack2.headers["Via"]).branch != Via.parse(second.headers["Via"]).branch
+    # 13.2.2.4: the ACK carries the INVITE's credentials.
+    assert ack2.headers["Proxy-Authorization"] == second.headers["Proxy-Authorization"]
     assert call.state == "confirmed" and call.media.remote == ("127.0.0.1", 41000)
     # A retransmitted 200 means our ACK was lost: it is sent again (13.2.2.4).
     peer.send(answer(second, 200, sdp=sdp), ua_addr(ua))
@@ -138,6 +141,25 @@ async def test_ringing_too_long_sends_cancel(client: Start) -> None:
     assert failure.value.status == 487
 
 
+async def test_close_ends_an_invite_still_waiting_for_its_answer(client: Start) -> None:
+    # close() stops the timers of our client transactions, so no answer or timeout could end a pending
+    # invite() any more: close() must end it itself, and refuse requests sent afterwards.
+    ua, peer = await client()
+    placing = asyncio.create_task(ua.invite(f"sip:+15550100006@127.0.0.1:{peer.port}"))
+    invite = await peer.request("INVITE")
+    peer.send(answer(invite, 180), ua_addr(ua))
+    await asyncio.sleep(0.05)
+    assert not placing.done()
+    await asyncio.wait_for(ua.close(grace_s=0.2), 2)
+    with pytest.raises(CallFailed) as failure:
+        await asyncio.wait_for(placing, 0.5)
+    assert (failure.value.status, failure.value.reason) == (503, "user agent closed")
+    with pytest.raises(CallFailed) as refused:
+        await asyncio.wait_for(ua.invite(f"sip:+15550100007@127.0.0.1:{peer.port}"), 0.5)
+    assert (refused.value.status, refused.value.reason) == (503, "user agent closed")
+    assert not ua.calls
+
+
 async def test_register_with_challenge_refresh_and_unregister(client: Start) -> None:
     ua, peer = await client(
         factory=lambda port: {
@@ -174,3 +196,93 @@ async def test_register_with_challenge_refresh_and_unregister(client: Start) -> 
     assert goodbye.headers["Expires"] == "0"
     peer.send(answer(goodbye, 200), ua_addr(ua))
     await asyncio.wait_for(closing, 3)
+
+
+# --- a 2xx no call takes any more (RFC 3261 13.2.2.4) -------------------------------------------------------
+def late_ok(invite: SipRequest, to_tag: str, peer: RawPeer) -> bytes:
+    response = make_response(
+        invite,
+        200,
+        to_tag=to_tag,
+        body=OFFER_PCMU.format(port=41000).encode(),
+        content_type="application/sdp",
+        extra=[("Contact", f"<sip:{to_tag}@127.0.0.1:{peer.port}>")],
+    )
+    return bytes(response)
+
+
+def cseq_number(message: SipRequest | SipResponse) -> int:
+    return int(message.headers["CSeq"].split()[0])
+
+
+async def expect_ack_then_bye(
+    ua: UserAgent, peer: RawPeer, invite: SipRequest, to_tag: str
+) -> tuple[SipRequest, SipRequest]:
+    """The ACK and the BYE a 2xx from `to_tag` gets when nobody wants its dialog; the BYE answered 200."""
+    ack = await peer.request("ACK")
+    assert ack.headers["CSeq"] == f"{cseq_number(invite)} ACK"
+    assert ack.headers["To"].endswith(f";tag={to_tag}")
+    assert ack.headers["Call-ID"] == invite.headers["Call-ID"]
+    assert ack.uri == f"sip:{to_tag}@127.0.0.1:{peer.port}"  # sent to the Contact of the 2xx
+    bye = await peer.request("BYE")
+    assert bye.headers["CSeq"] == f"{cseq_number(invite) + 1} BYE"
+    assert bye.headers["To"] == ack.headers["To"] and bye.headers["From"] == invite.headers["From"]
+    peer.send(answer(bye, 200), ua_addr(ua))
+    return ack, bye
+
+
+async def test_2xx_after_the_invite_timed_out_gets_ack_then_one_bye(client: Start) -> None:
+    ua, peer = await client(timers=TimerConfig(t1=0.02, t2=0.08, t4=0.05))  # Timer B: 64*T1 = 1.28 s
+    placing = asyncio.create_task(ua.invite(f"sip:+15550100006@127.0.0.1:{peer.port}"))
+    invite = await peer.request("INVITE")
+    with pytest.raises(CallFailed) as failure:
+        await asyncio.wait_for(placing, 3)
+    assert failure.value.status == 408
+    peer.drain()  # the INVITE's retransmissions
+
+    # The callee answers after all: the session it sets up is ACKed and ended, never handed to anyone.
+    peer.send(late_ok(invite, "late", peer), ua_addr(ua))
+    ack, _ = await expect_ack_then_bye(ua, peer, invite, "late")
+    # The 200 again (our ACK got lost): the same ACK again, and no second BYE.
+    peer.send(late_ok(invite, "late", peer), ua_addr(ua))
+    again = await peer.request("ACK")
+    assert again.headers["Via"] == ack.headers["Via"] and again.headers["CSeq"] == ack.headers["CSeq"]
+    await peer.expect_silence(0.5)
+    assert ua.calls == {}
+
+
+async def test_2xx_crossing_our_cancel_gets_ack_then_bye(client: Start) -> None:
+    ua, peer = await client()
+    placing = asyncio.create_task(ua.invite(f"sip:+15550100007@127.0.0.1:{peer.port}"))
+    invite = await peer.request("INVITE")
+    peer.send(answer(invite, 180), ua_addr(ua))
+    await asyncio.sleep(0.05)
+    placing.cancel()  # the caller of invite() gives up while it rings
+    cancel = await peer.request("CANCEL")
+    # The callee had already answered: 200 to the CANCEL, and a 200 to the INVITE instead of a 487.
+    peer.send(answer(cancel, 200), ua_addr(ua))
+    peer.send(late_ok(invite, "crossed", peer), ua_addr(ua))
+    await expect_ack_then_bye(ua, peer, invite, "crossed")
+    with pytest.raises(asyncio.CancelledError):
+        await placing
+    assert ua.calls == {}
+
+
+async def test_a_second_2xx_from_a_forked_invite_gets_its_own_ack_and_a_bye(client: Start) -> None:
+    ua, peer = await client()
+    placing = asyncio.create_task(ua.invite(f"sip:+15550100008@127.0.0.1:{peer.port}"))
+    invite = await peer.request("INVITE")
+    peer.send(late_ok(invite, "first", peer), ua_addr(ua))
+    call = await asyncio.wait_for(placing, 3)
+    first_ack = await peer.request("ACK")
+    assert first_ack.headers["To"].endswith(";tag=first")
+
+    # A forking proxy passes on a 2xx from a second phone: its own ACK (its To tag), then BYE.
+    peer.send(late_ok(invite, "second", peer), ua_addr(ua))
+    await expect_ack_then_bye(ua, peer, invite, "second")
+    # The first phone's 200 again: the first dialog's ACK, not the second's, and the call goes on.
+    peer.send(late_ok(invite, "first", peer), ua_addr(ua))
+    again = await peer.request("ACK")
+    assert again.headers["To"] == first_ack.headers["To"] and again.headers["Via"] == first_ack.headers["Via"]
+    await peer.expect_silence(0.3)
+    assert call.state == "confirmed" and call.remote_tag == "first" and list(ua.calls) == [call.call_id]

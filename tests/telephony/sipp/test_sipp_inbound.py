@@ -1,9 +1,10 @@
-"""Inbound calls placed by sipp: caller audio, CANCEL while ringing, hold and resume, the agent hanging
-up, capacity limits and lossy signalling."""
+"""Inbound calls placed by sipp: caller audio, CANCEL while ringing, UPDATE while ringing, hold and resume,
+a re-INVITE without SDP, the agent hanging up, capacity limits and lossy signalling."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import pytest
@@ -77,6 +78,20 @@ async def test_cancel_while_ringing_never_reaches_the_agent(sipp: Sipp, start_ag
     assert agent.calls == {}
 
 
+async def test_bye_while_ringing_never_reaches_the_agent(sipp: Sipp, start_agent: AgentFactory) -> None:
+    stub = AgentStub()
+    agent = await start_agent(stub, ring_ms=3000)
+    started = time.monotonic()
+    result = await sipp.run("uac_early_bye.xml", remote=agent_address(agent))
+
+    assert result.returncode == 0, result.explain()
+    # The 487 came from the BYE (RFC 3261 15.1.2), not from the end of the ringing time.
+    assert time.monotonic() - started < 2.5
+    await asyncio.sleep(0.2)
+    assert stub.records == [], "a call hung up in its early dialog was handed to the agent"
+    assert agent.calls == {}
+
+
 @pytest.mark.parametrize(
     ("hold_offer", "held_direction"), [("sendonly", "recvonly"), ("inactive", "inactive")]
 )
@@ -119,6 +134,50 @@ async def test_reinvite_before_the_ack_is_answered(sipp: Sipp, start_agent: Agen
     record = stub.only
     await wait_for(record.call.ended.is_set, what="the call to end")
     assert record.call.hangup_by == "caller"
+
+
+async def test_update_while_ringing_is_answered_in_the_early_dialog(
+    sipp: Sipp, start_agent: AgentFactory
+) -> None:
+    stub = AgentStub()
+    agent = await start_agent(stub, ring_ms=1500)
+    result = await sipp.run("uac_early_update.xml", remote=agent_address(agent))
+
+    assert result.returncode == 0, result.explain()  # 200 to the plain UPDATE, 500 to the offer, no 481
+    assert re.findall(r"update1: 200 Content-Length (\d+)", result.logs) == ["0"]
+    [retry_after] = re.findall(r"update2: 500 Retry-After (\d+)", result.logs)
+    assert 0 <= int(retry_after) <= 10
+    call = stub.only.call
+    await wait_for(call.ended.is_set, what="the call to end")
+    assert call.hangup_by == "caller" and call.media.direction == "sendrecv"  # the refused hold: unused
+
+
+async def test_reinvite_without_sdp_gets_our_offer_answered_in_the_ack(
+    sipp: Sipp, start_agent: AgentFactory
+) -> None:
+    directions: list[str] = []
+
+    async def watch_direction(call: SipCall, record: CallRecord) -> None:
+        while not call.ended.is_set():
+            directions.append(call.media.direction)
+            await asyncio.sleep(0.05)
+
+    stub = AgentStub(watch_direction)
+    agent = await start_agent(stub)
+    result = await sipp.run("uac_reinvite_without_sdp.xml", remote=agent_address(agent))
+
+    assert result.returncode == 0, result.explain()  # and so no BYE from the agent after the bare ACK
+    [answer] = re.findall(r"answer: (o=[^\n]*)", result.logs)
+    [offer1] = re.findall(r"offer1: (o=[^\n]*) a=sendrecv", result.logs)
+    [offer2] = re.findall(r"offer2: (o=[^\n]*)", result.logs)
+    # Our description never changed (RFC 3264 8: same o= line, version included).
+    assert offer1 == answer and offer2.strip() == answer.strip(), result.logs
+    call = stub.only.call
+    await wait_for(call.ended.is_set, what="the call to end")
+    phases = [d for i, d in enumerate(directions) if i == 0 or directions[i - 1] != d]
+    # The recvonly answer in the first ACK held our sending; the ACK without an answer changed nothing.
+    assert phases == ["sendrecv", "sendonly"], phases
+    assert call.hangup_by == "caller" and call.end_reason == "bye"
 
 
 async def test_agent_hangs_up_after_saying_goodbye(

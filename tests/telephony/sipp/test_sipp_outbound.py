@@ -1,5 +1,5 @@
-"""Requests the agent originates towards a sipp peer: INVITE and REGISTER through digest challenges, and
-blind transfer with REFER."""
+"""Requests the agent originates towards a sipp peer: INVITE and REGISTER through digest challenges, blind
+transfer with REFER, and an INVITE answered only after the agent gave it up."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from telephony.sip.auth import Credentials
 from telephony.sip.call import SipCall
 from telephony.sip.registration import Registration, RegistrationState
+from telephony.sip.transaction import TimerConfig
 from telephony.sip.ua import CallFailed, RegistrationConfig
 from tests.telephony.sipp.agent_side import AgentFactory, AgentStub, CallRecord, agent_address, wait_for
 from tests.telephony.sipp.sipp_peer import LOOPBACK, Sipp
@@ -66,6 +67,29 @@ async def test_outbound_invite_answers_a_401_challenge(sipp: Sipp, start_agent: 
     assert params["username"] == "trunkuser"
     assert params["qop"] == "auth" and params["opaque"] == "5ccc069c403e"
     assert call.hangup_by == "caller"
+
+
+async def test_2xx_after_our_invite_timed_out_is_acked_and_its_dialog_ended(
+    sipp: Sipp, start_agent: AgentFactory
+) -> None:
+    agent = await start_agent(timers=TimerConfig(t1=0.02, t2=0.08))  # Timer B: 64*T1 = 1.28 s
+    trunk = await sipp.start("uas_late_2xx.xml")
+    with pytest.raises(CallFailed) as failure:
+        await agent.invite(
+            f"sip:+15550100009@{LOOPBACK}:{trunk.port}",
+            from_uri=f"<sip:agent@{LOOPBACK}>",
+            peer=(LOOPBACK, trunk.port),
+        )
+    assert failure.value.status == 408
+    result = await trunk.wait()
+
+    assert result.returncode == 0, result.explain()  # the late 200 got its ACK, then a BYE came
+    [invite_cseq] = re.findall(r"invite: CSeq (\d+) INVITE", result.logs)
+    [(ack_cseq, ack_tag)] = re.findall(r"ack: CSeq (\d+) ACK To tag=(\S+)", result.logs)
+    [(bye_cseq, bye_tag)] = re.findall(r"bye: CSeq (\d+) BYE To tag=(\S+)", result.logs)
+    assert int(ack_cseq) == int(invite_cseq) and int(bye_cseq) == int(invite_cseq) + 1
+    assert ack_tag == bye_tag and "SIPpTag01" in ack_tag  # both in the dialog the 200 made
+    assert agent.calls == {}
 
 
 async def test_outbound_invite_with_a_wrong_password_fails_cleanly(
