@@ -153,6 +153,7 @@ class RtpStream(SteadyRun, asyncio.DatagramProtocol):
     # whatever a test or benchmark hangs on one stream (e.g. wrapping datagram_received).
     __slots__ = (
         "__dict__",
+        "_ahead",
         "_clock",
         "_closing",
         "_codec",
@@ -251,6 +252,7 @@ class RtpStream(SteadyRun, asyncio.DatagramProtocol):
         self._drained: asyncio.Event | None = None
         self._talkspurt_start = True
         self._resume_marker = False
+        self._ahead = False  # this talkspurt went out a tick early (see `_send_ahead`)
         self.direction = "sendrecv"
         self._direction_sends = True
         self._peer_sends = True
@@ -579,7 +581,8 @@ class RtpStream(SteadyRun, asyncio.DatagramProtocol):
 
     # --- playout ------------------------------------------------------------------------------------
     def play(self, pcm16: bytes) -> None:
-        """Queue PCM16 8 kHz audio; it goes out one 20 ms frame per media-clock tick.
+        """Queue PCM16 8 kHz audio; it goes out one 20 ms frame per media-clock tick (a talkspurt a tick
+        early: `_send_ahead`).
 
         Encoded here, in one go for the whole chunk (G.711 is sample by sample, so this is the same as
         encoding frame by frame), so each tick only takes a ready payload.
@@ -587,9 +590,43 @@ class RtpStream(SteadyRun, asyncio.DatagramProtocol):
         if len(pcm16) % PCM_FRAME_BYTES:
             pcm16 += bytes(PCM_FRAME_BYTES - len(pcm16) % PCM_FRAME_BYTES)
         encoded = self._codec.encode(pcm16)
+        starts = not self._playout
         self._playout.extend(_frame_splitter(len(encoded) // SAMPLES_PER_FRAME).unpack(encoded))
         if self._drained is not None:
             self._drained.clear()
+        if starts and self._talkspurt_start:
+            self._send_ahead()
+
+    def _send_ahead(self) -> None:
+        """A talkspurt's first packet goes out now, not at the next tick, and the rest of the talkspurt a
+        tick early too; the first tick with nothing to say sends nothing, which brings the stream back.
+
+        A reply is queued a few milliseconds after the tick that ended the caller's turn, so waiting for
+        the next tick would add most of 20 ms to every turn. Sequence numbers and timestamps run on
+        unbroken; to the far end the talkspurt's packets come a little earlier than the silence before
+        them, never later than its first (a jitter buffer that starts playing at the marker does not run
+        dry), and the pause after them is one packet short (only silence is left out).
+        """
+        if (
+            self._ahead
+            or self._closing
+            or self._transport is None
+            or not (self._sending and self._direction_sends)
+            or self._event is not None
+            or self._dtmf_queue
+        ):
+            return
+        if self._run_end:
+            self._end_run()
+        self._ahead = True
+        self._talkspurt_start = self._resume_marker = False
+        data = self._sender.packet_bytes(self._playout.popleft(), SAMPLES_PER_FRAME, True)
+        self.frames_played += 1
+        if self.on_speech_sent is not None:
+            self.on_speech_sent(self.frames_played)
+        if not self._playout and self._drained is not None:
+            self._drained.set()
+        self._put_on_wire(data)
 
     def flush(self) -> int:
         """Drop everything not yet sent (barge-in); returns the number of frames dropped."""
@@ -648,7 +685,8 @@ class RtpStream(SteadyRun, asyncio.DatagramProtocol):
         if not (self._sending and self._direction_sends):
             # RFC 3550 section 5.1: the timestamp keeps following real time while we are silent (hold), so
             # the far end can place the next packet; its marker bit says a new talkspurt starts.
-            self._sender.skip(SAMPLES_PER_FRAME * frames)
+            self._sender.skip(SAMPLES_PER_FRAME * (frames - 1 if self._ahead else frames))
+            self._ahead = False
             self._resume_marker = True
             return
         if self._event is not None or self._dtmf_queue:
@@ -663,11 +701,23 @@ class RtpStream(SteadyRun, asyncio.DatagramProtocol):
                 self.on_speech_sent(self.frames_played)
             if not self._playout and self._drained is not None:
                 self._drained.set()
+        elif self._ahead:
+            # The talkspurt went out a tick early (`_send_ahead`): this tick's silence is left out.
+            self._ahead = False
+            self._talkspurt_start = True
+            data = b""
         else:
             marker = self._resume_marker
             self._resume_marker = False
             self._talkspurt_start = True
             data = self._sender.packet_bytes(self._silence, SAMPLES_PER_FRAME, marker)
+        if data:
+            self._put_on_wire(data)
+        if frames == 1 and self._reading_inbox and not self._inbox:
+            # Not after a late tick: the clock is likely late again next time, and a run would only end.
+            self._start_run()
+
+    def _put_on_wire(self, data: bytes) -> None:
         try:
             if self._connected:
                 _write(self._fd, data)  # cheaper than the socket's send, to the same connected socket
@@ -677,9 +727,6 @@ class RtpStream(SteadyRun, asyncio.DatagramProtocol):
                 self._sendto(data, self._remote)
         except OSError as exc:
             self._send_failed(exc)
-        if frames == 1 and self._reading_inbox and not self._inbox:
-            # Not after a late tick: the clock is likely late again next time, and a run would only end.
-            self._start_run()
 
     def _catch_up(self, frames: int) -> None:
         # The clock was late: what arrived meanwhile goes to the agent now instead of being trimmed later

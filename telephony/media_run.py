@@ -63,6 +63,7 @@ if TYPE_CHECKING:
         _silence: bytes
         _talkspurt_start: bool
         _resume_marker: bool
+        _ahead: bool
         _drained: asyncio.Event | None
         frames_played: int
         on_speech_sent: Callable[[int], None] | None
@@ -184,6 +185,16 @@ class SteadyRun(_Stream):
                 self.on_speech_sent(self.frames_played)
             if not playout and self._drained is not None:
                 self._drained.set()
+        elif self._ahead:
+            # The talkspurt went out a tick early (RtpStream._send_ahead): this tick's silence is left out.
+            # A run counts one packet per tick, so it ends here, and the next starts at once.
+            self._run_tx_head, self._run_tx_ts = head, timestamp
+            self._end_run()
+            self._rtcp_countdown -= 1
+            self._ahead = False
+            self._talkspurt_start = True
+            self._start_run()
+            return
         else:
             self._talkspurt_start = True
             data = _pack_head_words(head, timestamp, self._run_tx_ssrc) + self._silence

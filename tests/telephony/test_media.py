@@ -465,6 +465,43 @@ async def test_queued_speech_goes_out_encoded_frame_by_frame(media: OpenCall) ->
     assert [p.payload for p in audio_packets(peer) if p.payload != SILENCE][: len(reference)] == reference
 
 
+async def test_a_talkspurt_goes_out_a_tick_early_and_the_pause_after_it_brings_the_stream_back(
+    media: OpenCall,
+) -> None:
+    """A reply queued between ticks starts at once, not at the next tick, and the rest of it follows a
+    tick early; the first tick of silence after it sends nothing. The far end sees unbroken sequence
+    numbers and timestamps and one packet per tick overall."""
+    peer = await open_peer()
+    call = await media(peer.addr)
+    stream = call.stream
+    stream._clock.discard(stream)  # ticked by hand from here on
+    for _ in range(3):
+        stream.on_tick(1)
+    await until(lambda: len(peer.received) == 3)
+    frames = [bytes([n]) * 2 * 160 for n in range(1, 6)]
+    stream.play(b"".join(frames))
+    assert stream.queued_frames == 4 and stream.frames_played == 1  # the first frame went out in play()
+    await until(lambda: len(peer.received) == 4)
+    for _ in range(4):  # one frame per tick, a tick ahead
+        stream.on_tick(1)
+    await until(lambda: len(peer.received) == 8)
+    assert stream.queued_frames == 0
+    stream.on_tick(1)  # the first tick of silence is left out ...
+    stream.on_tick(1)  # ... and the next one sends it
+    await until(lambda: len(peer.received) >= 9)
+    await asyncio.sleep(0.02)
+    packets = peer.rtp()
+    assert len(packets) == 9  # nine ticks, nine packets
+    assert all((b.sequence_number - a.sequence_number) & 0xFFFF == 1 for a, b in itertools.pairwise(packets))
+    assert all((b.timestamp - a.timestamp) & 0xFFFFFFFF == 160 for a, b in itertools.pairwise(packets))
+    assert [p.payload for p in packets[3:8]] == [audioop.lin2ulaw(frame, 2) for frame in frames]
+    assert [p.marker for p in packets] == [False, False, False, True, False, False, False, False, False]
+    assert packets[8].payload == SILENCE
+    # The next reply starts at once again.
+    stream.play(frames[0])
+    assert stream.frames_played == 6 and stream.queued_frames == 0
+
+
 async def test_a_stream_that_no_longer_ticks_does_not_hoard_datagrams(media: OpenCall) -> None:
     peer = await open_peer()
     call = await media(peer.addr)

@@ -191,7 +191,7 @@ def _state(side: Side) -> dict[str, Any]:
         "quiet": stream._quiet_ticks,
         "rtcp_countdown": stream._rtcp_countdown,
         "frames_played": stream.frames_played,
-        "talkspurt": (stream._talkspurt_start, stream._resume_marker),
+        "talkspurt": (stream._talkspurt_start, stream._resume_marker, stream._ahead),
     }
 
 
