@@ -619,14 +619,7 @@ class RtpStream(SteadyRun, asyncio.DatagramProtocol):
         if self._run_end:
             self._end_run()
         self._ahead = True
-        self._talkspurt_start = self._resume_marker = False
-        data = self._sender.packet_bytes(self._playout.popleft(), SAMPLES_PER_FRAME, True)
-        self.frames_played += 1
-        if self.on_speech_sent is not None:
-            self.on_speech_sent(self.frames_played)
-        if not self._playout and self._drained is not None:
-            self._drained.set()
-        self._put_on_wire(data)
+        self._put_on_wire(self._speech_packet())
 
     def flush(self) -> int:
         """Drop everything not yet sent (barge-in); returns the number of frames dropped."""
@@ -692,15 +685,7 @@ class RtpStream(SteadyRun, asyncio.DatagramProtocol):
         if self._event is not None or self._dtmf_queue:
             data = self._next_event_packet()
         elif self._playout:
-            marker = self._talkspurt_start or self._resume_marker
-            if marker:
-                self._talkspurt_start = self._resume_marker = False
-            data = self._sender.packet_bytes(self._playout.popleft(), SAMPLES_PER_FRAME, marker)
-            self.frames_played += 1
-            if self.on_speech_sent is not None:
-                self.on_speech_sent(self.frames_played)
-            if not self._playout and self._drained is not None:
-                self._drained.set()
+            data = self._speech_packet()
         elif self._ahead:
             # The talkspurt went out a tick early (`_send_ahead`): this tick's silence is left out.
             self._ahead = False
@@ -716,6 +701,19 @@ class RtpStream(SteadyRun, asyncio.DatagramProtocol):
         if frames == 1 and self._reading_inbox and not self._inbox:
             # Not after a late tick: the clock is likely late again next time, and a run would only end.
             self._start_run()
+
+    def _speech_packet(self) -> bytes:
+        """The next queued frame as a packet (marked if it starts a talkspurt), counted as played."""
+        marker = self._talkspurt_start or self._resume_marker
+        if marker:
+            self._talkspurt_start = self._resume_marker = False
+        data = self._sender.packet_bytes(self._playout.popleft(), SAMPLES_PER_FRAME, marker)
+        self.frames_played += 1
+        if self.on_speech_sent is not None:
+            self.on_speech_sent(self.frames_played)
+        if not self._playout and self._drained is not None:
+            self._drained.set()
+        return data
 
     def _put_on_wire(self, data: bytes) -> None:
         try:

@@ -523,10 +523,7 @@ class UserAgent(UasMixin, OutboundMixin, SessionRefreshMixin):
                 else:
                     self._respond(tid, request, 481)
                 return
-            try:
-                call.dialog.check_request(request)
-            except DialogError as exc:
-                self._respond(tid, request, exc.status, exc.reason)
+            if self._refused(tid, request, call.dialog.check_request):
                 return
             self._on_dialog_request(call, event)
         elif method == "INVITE":

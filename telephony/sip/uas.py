@@ -129,6 +129,17 @@ class UasMixin:
             self, call: SipCall, reason: str = "bye", *, reason_header: str | None = None
         ) -> None: ...
 
+    def _refused(
+        self, tid: TransactionId, request: SipRequest, check: Callable[[SipRequest], object]
+    ) -> bool:
+        """Whether a dialog's check of an in-dialog request failed; the request then has its answer."""
+        try:
+            check(request)
+        except DialogError as exc:
+            self._respond(tid, request, exc.status, exc.reason)
+            return True
+        return False
+
     def _on_invite(self, event: RequestReceived) -> None:
         request, tid = event.request, event.transaction
         call_id = request.headers["Call-ID"]
@@ -373,10 +384,7 @@ class UasMixin:
         accepted, session = self._negotiate_session(tid, request)
         if not accepted:
             return  # 422: the session goes on as it was
-        try:
-            call.dialog.refresh_target(request)
-        except DialogError as exc:
-            self._respond(tid, request, exc.status, exc.reason)
+        if self._refused(tid, request, call.dialog.refresh_target):
             return
         call.note_allow(request)
         if request.body:
@@ -429,10 +437,7 @@ class UasMixin:
         accepted, session = self._negotiate_session(tid, request)
         if not accepted:
             return  # 422: the session goes on as it was
-        try:
-            call.dialog.refresh_target(request)  # UPDATE is a target refresh request (RFC 3311 5.2)
-        except DialogError as exc:
-            self._respond(tid, request, exc.status, exc.reason)
+        if self._refused(tid, request, call.dialog.refresh_target):  # a target refresh (RFC 3311 5.2)
             return
         call.note_allow(request)
         body, content_type = b"", None
@@ -502,10 +507,7 @@ class UasMixin:
         if request.method not in ("UPDATE", "BYE", "INVITE"):
             self._respond(tid, request, 481)
             return
-        try:
-            ringing.dialog.check_request(request)
-        except DialogError as exc:
-            self._respond(tid, request, exc.status, exc.reason)
+        if self._refused(tid, request, ringing.dialog.check_request):
             return
         if request.method == "BYE":
             # 15.1.2: the BYE gets its 2xx, the session attempt ends, and the INVITE still pending in the
@@ -525,10 +527,7 @@ class UasMixin:
             reason = "Offer Pending" if request.method == "UPDATE" else "INVITE Pending"
             self._respond(tid, request, 500, reason, extra=[("Retry-After", retry_after)])
             return
-        try:
-            ringing.dialog.refresh_target(request)
-        except DialogError as exc:
-            self._respond(tid, request, exc.status, exc.reason)
+        if self._refused(tid, request, ringing.dialog.refresh_target):
             return
         self._respond(tid, request, 200, extra=self._answer_headers(ringing.transport, None))
 
