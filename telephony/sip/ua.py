@@ -203,9 +203,12 @@ class UserAgent(UasMixin, OutboundMixin, SessionRefreshMixin):
         self.start_registrations()
 
     async def close(self, grace_s: float = 2.0) -> None:
-        """BYE every confirmed call (waiting up to `grace_s` for the answers), unregister, stop. Whatever
-        still waits for a client transaction then (an `invite()` ringing out, say) fails with
-        CallFailed(503), as does every request sent from then on."""
+        """Refuse every INVITE still ringing (503), BYE every confirmed call (waiting up to `grace_s` for
+        the answers), unregister, stop. Whatever still waits for a client transaction then (an `invite()`
+        ringing out, say) fails with CallFailed(503), as does every request sent from then on."""
+        for ringing in list(self._ringing.values()):
+            self._end_ringing(ringing, 503)
+        self._flush()
         byes = [
             self.send_bye(call, "shutdown") for call in list(self.calls.values()) if call.state == "confirmed"
         ]

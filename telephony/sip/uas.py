@@ -542,12 +542,14 @@ class UasMixin:
         if ringing is not None:
             self._end_ringing(ringing)
 
-    def _end_ringing(self, ringing: _Ringing) -> None:
-        """The caller gave up on a ringing INVITE (CANCEL, or BYE in its early dialog): 487 (9.2, 15.1.2).
-        `_answer` then finds it gone and never answers it; its RTP port, if already open, is closed there."""
+    def _end_ringing(self, ringing: _Ringing, status: int = 487) -> None:
+        """A ringing INVITE will not be answered: the caller gave up (CANCEL, or BYE in its early dialog:
+        487, 9.2 and 15.1.2) or we are shutting down (503, which without Retry-After sends the caller's
+        proxy to another server, 21.5.4). `_answer` then finds it gone and never answers it; its RTP port,
+        if already open, is closed there."""
         self._ringing.pop(ringing.transaction, None)
         ringing.cancelled = True
-        self._respond(ringing.transaction, ringing.request, 487, to_tag=ringing.dialog.local_tag)
+        self._respond(ringing.transaction, ringing.request, status, to_tag=ringing.dialog.local_tag)
 
 
 def _reason(text: str) -> str:

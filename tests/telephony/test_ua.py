@@ -378,6 +378,21 @@ async def test_cancel_while_ringing_gets_487(harness: StartHarness) -> None:
     assert (await peer.response()).status == 481
 
 
+async def test_close_refuses_a_ringing_invite_with_503(harness: StartHarness) -> None:
+    # Shutting down while a call rings: the caller hears 503 at once (RFC 3261 21.5.4, no Retry-After, so
+    # its proxy may try another server) instead of retransmitting into a dead socket until Timer B.
+    ua, peer, calls = await harness(ring_ms=3000)
+    peer.send(request("INVITE", peer.port, body=OFFER_PCMU.format(port=9)), ("127.0.0.1", ua.port))
+    ringing = await peer.response(180)
+    await ua.close(grace_s=0.1)
+    refused = await peer.response(503)
+    assert refused.headers["CSeq"] == "1 INVITE"
+    assert refused.headers["To"] == ringing.headers["To"]
+    assert "Retry-After" not in refused.headers
+    await peer.expect_silence(0.3)
+    assert not ua.calls and not calls
+
+
 class GatedPortPool(RtpPortPool):
     """Holds every open() until `release` is set (the answer is then half-way: ringing over, RTP socket
     still being opened), and remembers the ports it handed out."""
