@@ -1,8 +1,8 @@
 """One call carried by a Twilio Media Stream, seen by the agent as a `CallTransport`.
 
 Outgoing audio is paced by the shared `MediaClock`, like RTP: one 20 ms `media` message per tick (after a
-short lead, below), so the stream position of what we have sent follows real time. That is what makes
-the rest exact:
+short lead, sent as soon as a talkspurt is queued), so the stream position of what we have sent follows
+real time. That is what makes the rest exact:
 - `flush()` on barge-in drops what is queued here and sends `clear`; Twilio then holds at most the lead;
 - a `mark` goes out after the last frame of every chunk the agent plays, named with the running count of
   frames sent (`f<count>`): when Twilio echoes it, the caller has heard exactly that many frames;
@@ -130,6 +130,10 @@ class TwilioCall:
             self._playout.append(mulaw[start : start + MULAW_FRAME_BYTES])
         self._chunk_ends.append(self._frames_played + len(self._playout))
         self._drained.clear()
+        if self._talkspurt:
+            # The lead goes out now, not at the next tick: a reply is queued a few milliseconds after the
+            # tick, and what follows the lead is paced by the ticks as before.
+            self._send_frames(self._lead_frames)
 
     def flush(self) -> int:
         dropped = len(self._playout)
@@ -243,11 +247,12 @@ class TwilioCall:
     # --- the media clock ----------------------------------------------------------------------------
     def on_tick(self, frames: int = 1) -> None:
         """`frames` > 1 when the clock was held up: send what those intervals were due to carry."""
-        if not self._playout:
-            return
-        burst = (self._lead_frames if self._talkspurt else 1) + max(frames - 1, 0)
+        if self._playout:
+            self._send_frames((self._lead_frames if self._talkspurt else 1) + max(frames - 1, 0))
+
+    def _send_frames(self, count: int) -> None:
         self._talkspurt = False
-        for _ in range(min(burst, len(self._playout))):
+        for _ in range(min(count, len(self._playout))):
             self._emit(self._connection.media(self._playout.popleft()))
             self._frames_played += 1
             if self._chunk_ends and self._chunk_ends[0] <= self._frames_played:

@@ -118,9 +118,13 @@ async def test_a_late_clock_tick_sends_the_frames_it_was_due() -> None:
     call = new_call(wire)
     call._clock.discard(call)  # drive the ticks by hand
     call.play(FRAME * 10)
+    assert wire.events().count("media") == LEAD_FRAMES  # a talkspurt's lead goes out at once, not at a tick
     call.on_tick()
+    assert wire.events().count("media") == LEAD_FRAMES + 1
     call.on_tick(frames=3)
-    assert wire.events().count("media") == LEAD_FRAMES + 3
+    assert wire.events().count("media") == LEAD_FRAMES + 4
+    call.play(FRAME * 2)  # queued behind the talkspurt under way: no second lead
+    assert wire.events().count("media") == LEAD_FRAMES + 4
     call.remote_ended()
 
 
