@@ -203,18 +203,29 @@ class UserAgent(UasMixin, OutboundMixin, SessionRefreshMixin):
         self.start_registrations()
 
     async def close(self, grace_s: float = 2.0) -> None:
-        """Refuse every INVITE still ringing (503), BYE every confirmed call (waiting up to `grace_s` for
-        the answers), unregister, stop. Whatever still waits for a client transaction then (an `invite()`
-        ringing out, say) fails with CallFailed(503), as does every request sent from then on."""
+        """Refuse every INVITE still ringing here (503), CANCEL ours ringing out (their `invite()` then
+        fails with the 487), BYE every confirmed call (waiting up to `grace_s` for all the answers),
+        unregister, stop. Whatever still waits for a client transaction then (an INVITE that has had no
+        provisional response, which 9.1 does not let us CANCEL) fails with CallFailed(503), as does every
+        request sent from then on."""
         for ringing in list(self._ringing.values()):
             self._end_ringing(ringing, 503)
         self._flush()
+        deadline = self._now() + grace_s
+        ringing_out = {
+            tid: waiter
+            for tid, waiter in self._client.items()
+            if waiter.request.method == "INVITE" and self._layer.state(tid) == "proceeding"
+        }
+        cancels = [self.cancel_request(w.request, w.dest, w.transport) for w in ringing_out.values()]
         byes = [
             self.send_bye(call, "shutdown") for call in list(self.calls.values()) if call.state == "confirmed"
         ]
-        if byes:
+        if byes or cancels:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.gather(*byes, return_exceptions=True), grace_s)
+                await asyncio.wait_for(asyncio.gather(*cancels, *byes, return_exceptions=True), grace_s)
+        while any(tid in self._client for tid in ringing_out) and self._now() < deadline:
+            await asyncio.sleep(0.01)  # the 487 that ends each cancelled INVITE, for its invite() to raise
         await self.stop_registrations()
         for task in list(self._tasks):
             task.cancel()

@@ -141,13 +141,33 @@ async def test_ringing_too_long_sends_cancel(client: Start) -> None:
     assert failure.value.status == 487
 
 
-async def test_close_ends_an_invite_still_waiting_for_its_answer(client: Start) -> None:
-    # close() stops the timers of our client transactions, so no answer or timeout could end a pending
-    # invite() any more: close() must end it itself, and refuse requests sent afterwards.
+async def test_close_cancels_an_invite_ringing_out(client: Start) -> None:
+    # Shutting down while our call rings: a CANCEL (9.1), so the called phone stops ringing, and the
+    # INVITE's 487 ends invite().
     ua, peer = await client()
-    placing = asyncio.create_task(ua.invite(f"sip:+15550100006@127.0.0.1:{peer.port}"))
+    placing = asyncio.create_task(ua.invite(f"sip:+15550100008@127.0.0.1:{peer.port}"))
     invite = await peer.request("INVITE")
     peer.send(answer(invite, 180), ua_addr(ua))
+    await asyncio.sleep(0.05)
+    closing = asyncio.create_task(ua.close(grace_s=2))
+    cancel = await peer.request("CANCEL", timeout=1)
+    assert Via.parse(cancel.headers["Via"]).branch == Via.parse(invite.headers["Via"]).branch
+    peer.send(answer(cancel, 200), ua_addr(ua))
+    peer.send(answer(invite, 487), ua_addr(ua))
+    with pytest.raises(CallFailed) as failure:
+        await asyncio.wait_for(placing, 1)
+    assert failure.value.status == 487
+    await asyncio.wait_for(closing, 1)  # well within the grace: the 487 ended the wait
+    assert not ua.calls
+
+
+async def test_close_ends_an_invite_still_waiting_for_its_answer(client: Start) -> None:
+    # close() stops the timers of our client transactions, so no answer or timeout could end a pending
+    # invite() any more: close() must end it itself, and refuse requests sent afterwards. With no
+    # provisional response yet, 9.1 does not allow a CANCEL.
+    ua, peer = await client()
+    placing = asyncio.create_task(ua.invite(f"sip:+15550100006@127.0.0.1:{peer.port}"))
+    await peer.request("INVITE")
     await asyncio.sleep(0.05)
     assert not placing.done()
     await asyncio.wait_for(ua.close(grace_s=0.2), 2)
