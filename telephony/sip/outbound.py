@@ -169,9 +169,13 @@ class OutboundMixin:
         transport: str,
         authenticator: DigestAuthenticator | None,
         on_provisional: Callable[[SipResponse], None] | None = None,
+        on_send: Callable[[SipRequest], None] | None = None,
     ) -> tuple[SipRequest, SipResponse]:
-        """Send `request`, answering 401/407 challenges; returns the request that got the final response."""
+        """Send `request`, answering 401/407 challenges; returns the request that got the final response.
+        `on_send` is told of each request as it goes out (a CANCEL must match the one on the wire)."""
         while True:
+            if on_send is not None:
+                on_send(request)
             response = await self.transact(
                 request, dest, transport, on_provisional, authenticator=authenticator
             )
@@ -240,7 +244,12 @@ class OutboundMixin:
         )
         request = self._initial_invite(target, from_uri, transport, bytes(offer))
         authenticator = DigestAuthenticator(credentials) if credentials is not None else None
+        on_wire = request  # what a CANCEL has to match: a challenge or a 422 makes a new INVITE
         ringing = False
+
+        def sending(sent: SipRequest) -> None:
+            nonlocal on_wire, ringing
+            on_wire, ringing = sent, False
 
         def provisional(_: SipResponse) -> None:
             nonlocal ringing
@@ -248,20 +257,19 @@ class OutboundMixin:
 
         try:
             request, response = await self.exchange_authorized(
-                request, peer, transport, authenticator, provisional
+                request, peer, transport, authenticator, provisional, sending
             )
             for _ in range(MAX_422_RETRIES):
                 retried = self._with_min_se(request, response)
                 if retried is None:
                     break
-                request = retried  # what a CANCEL would now have to match
                 request, response = await self.exchange_authorized(
-                    request, peer, transport, authenticator, provisional
+                    retried, peer, transport, authenticator, provisional, sending
                 )
         except asyncio.CancelledError:
             stream.close()
             if ringing:  # 9.1: a CANCEL only once the INVITE got a provisional response
-                self._spawn(self.cancel_request(request, peer, transport))
+                self._spawn(self.cancel_request(on_wire, peer, transport))
             raise
         except BaseException:
             stream.close()

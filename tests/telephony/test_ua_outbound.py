@@ -141,6 +141,31 @@ async def test_ringing_too_long_sends_cancel(client: Start) -> None:
     assert failure.value.status == 487
 
 
+async def test_giving_up_on_an_invite_that_answered_a_challenge_cancels_that_invite(client: Start) -> None:
+    # The CANCEL must match the INVITE ringing now (9.1): the authorised one, with its own branch and
+    # CSeq, not the first one, whose transaction the 407 ended.
+    ua, peer = await client(
+        factory=lambda port: {
+            "trunks": [SipTrunk("carrier", "127.0.0.1", port, username="agent-7", password=PASSWORD)]
+        }
+    )
+    placing = asyncio.create_task(ua.invite("+15550100009", trunk="carrier"))
+    first = await peer.request("INVITE")
+    peer.send(answer(first, 100), ua_addr(ua))
+    peer.send(answer(first, 407, extra=[("Proxy-Authenticate", CHALLENGE_MD5)]), ua_addr(ua))
+    second = await peer.request("INVITE")
+    peer.send(answer(second, 180), ua_addr(ua))
+    await asyncio.sleep(0.05)
+    placing.cancel()
+    cancel = await peer.request("CANCEL", timeout=1)
+    assert Via.parse(cancel.headers["Via"]).branch == Via.parse(second.headers["Via"]).branch
+    assert cancel.headers["CSeq"] == second.headers["CSeq"].replace("INVITE", "CANCEL")
+    peer.send(answer(cancel, 200), ua_addr(ua))
+    peer.send(answer(second, 487), ua_addr(ua))
+    with pytest.raises(asyncio.CancelledError):
+        await placing
+
+
 async def test_close_cancels_an_invite_ringing_out(client: Start) -> None:
     # Shutting down while our call rings: a CANCEL (9.1), so the called phone stops ringing, and the
     # INVITE's 487 ends invite().
