@@ -37,6 +37,8 @@ _UNORDERED = frozenset({"ACK", "CANCEL"})
 _CREDENTIALS = ("Authorization", "Proxy-Authorization")
 
 T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class DialogError(Exception):
@@ -360,11 +362,7 @@ class SentAcks:
         return entry[0] if entry is not None else None
 
     def _forget(self, now: float) -> None:
-        while self._acks:
-            key, (_, until) = next(iter(self._acks.items()))
-            if until > now:
-                return
-            del self._acks[key]
+        _forget_expired(self._acks, now)
 
 
 def invite_credentials(invite: SipRequest) -> list[tuple[str, str]]:
@@ -446,11 +444,17 @@ class SentInvites(Generic[T]):
         return entry[0] if entry is not None else None
 
     def _forget(self, now: float) -> None:
-        while self._ended:
-            key, (_, until) = next(iter(self._ended.items()))
-            if until > now:
-                return
-            del self._ended[key]
+        _forget_expired(self._ended, now)
+
+
+def _forget_expired(entries: dict[K, tuple[V, float]], now: float) -> None:
+    """Drop the entries whose deadline (the second item of the value) has passed; `entries` is kept in order
+    of deadline, so the first one not yet due ends the search."""
+    while entries:
+        key, (_, until) = next(iter(entries.items()))
+        if until > now:
+            return
+        del entries[key]
 
 
 # --- glare ----------------------------------------------------------------------------------------------
