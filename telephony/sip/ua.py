@@ -17,7 +17,7 @@ import logging
 import random
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from telephony.jitter import PlayoutPolicy
 from telephony.media import MediaClock, RtpPortPool
@@ -88,6 +88,7 @@ class _ClientWaiter:
     dest: Addr
     transport: str
     queue: asyncio.Queue[SipResponse | TransactionTimedOut | TransportFailed | _Closed]
+    done: asyncio.Event = field(default_factory=asyncio.Event)  # set once `transact` stops waiting
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,21 +212,22 @@ class UserAgent(UasMixin, OutboundMixin, SessionRefreshMixin):
         for ringing in list(self._ringing.values()):
             self._end_ringing(ringing, 503)
         self._flush()
-        deadline = self._now() + grace_s
-        ringing_out = {
-            tid: waiter
+        ringing_out = [
+            waiter
             for tid, waiter in self._client.items()
             if waiter.request.method == "INVITE" and self._layer.state(tid) == "proceeding"
-        }
-        cancels = [self.cancel_request(w.request, w.dest, w.transport) for w in ringing_out.values()]
+        ]
+        # Each cancelled INVITE is waited for too: its 487 is what its invite() raises.
+        cancels = [self.cancel_request(w.request, w.dest, w.transport) for w in ringing_out]
+        cancelled = [w.done.wait() for w in ringing_out]
         byes = [
             self.send_bye(call, "shutdown") for call in list(self.calls.values()) if call.state == "confirmed"
         ]
         if byes or cancels:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.gather(*cancels, *byes, return_exceptions=True), grace_s)
-        while any(tid in self._client for tid in ringing_out) and self._now() < deadline:
-            await asyncio.sleep(0.01)  # the 487 that ends each cancelled INVITE, for its invite() to raise
+                await asyncio.wait_for(
+                    asyncio.gather(*cancels, *cancelled, *byes, return_exceptions=True), grace_s
+                )
         await self.stop_registrations()
         for task in list(self._tasks):
             task.cancel()
@@ -436,6 +438,7 @@ class UserAgent(UasMixin, OutboundMixin, SessionRefreshMixin):
                     raise CallFailed(503, "Transport Error")
         finally:
             self._client.pop(tid, None)
+            waiter.done.set()
 
     def _send_ack(self, call: SipCall, invite: SipRequest) -> None:
         """ACK the 2xx to our INVITE (13.2.2.4: a new request with the INVITE's CSeq number and
