@@ -631,12 +631,14 @@ class SpeechModel:
         files: DomainModelFiles,
         mapping: PhoneBandMapping,
         telephone_cmn: str,
+        shelf: _DecoderShelf | None = None,
     ) -> None:
+        """`shelf`: decoders already made for these settings (the build's probe); None for an empty one."""
         self._settings = settings
         self.files = files
         self.mapping = mapping
         self._telephone_cmn = telephone_cmn
-        self._shelf = _DecoderShelf(settings)
+        self._shelf = shelf if shelf is not None else _DecoderShelf(settings)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (for a worker process) without its idle decoders: each process makes its own."""
@@ -696,8 +698,7 @@ class SpeechModel:
         shelf = _DecoderShelf(settings)
         probe = Recognizer(shelf, mapping, None, economy=False)
         probe.transcribe(warm_up_pcm8k if warm_up_pcm8k is not None else telephone_warm_up_clip())
-        model = cls(settings, files, mapping, probe.cepstral_mean())
-        model._shelf = shelf  # with the probe's decoder on it
+        model = cls(settings, files, mapping, probe.cepstral_mean(), shelf)  # with the probe's decoder on it
         log.info(
             "speech model (%s) built in %.0f ms: %d sentences, %d words, derived %s, dropped %s",
             search,
